@@ -1,0 +1,57 @@
+package v1alpha1
+
+// Annotations, labels and condition vocabulary shared by both kinds. These names are public:
+// users, scripts and dashboards rely on them.
+const (
+	// RetryAnnotation on a WebhookDelivery asks for one immediate new attempt, once per value:
+	//   kubectl annotate webhookdelivery NAME webhooks.docrouter.ai/retry=$(date +%s) --overwrite
+	RetryAnnotation = "webhooks.docrouter.ai/retry"
+
+	// TestAnnotation on a WebhookEndpoint creates one webhook.test delivery for it, once per value.
+	TestAnnotation = "webhooks.docrouter.ai/test"
+
+	// EndpointLabel on a WebhookDelivery names its endpoint, so `kubectl get whd -l` can filter.
+	EndpointLabel = "webhooks.docrouter.ai/endpoint"
+
+	// EventTypeLabel on a WebhookDelivery holds its event type.
+	EventTypeLabel = "webhooks.docrouter.ai/event-type"
+)
+
+// Event types of the product.
+const (
+	EventDocumentUploaded = "document.uploaded"
+	EventLLMCompleted     = "llm.completed"
+	EventLLMError         = "llm.error"
+	EventDocumentError    = "document.error"
+	EventWebhookTest      = "webhook.test"
+)
+
+// EventTypes lists every event type the product sends.
+var EventTypes = []string{EventDocumentUploaded, EventLLMCompleted, EventLLMError, EventDocumentError, EventWebhookTest}
+
+// Condition types, understood by kstatus, Flux and Argo CD health checks.
+const (
+	// ConditionReady is the summary: an endpoint that can be delivered to; a delivery that succeeded.
+	ConditionReady = "Ready"
+	// ConditionReconciling is True while a delivery still has attempts to make.
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled is True once the controller has given up on a delivery.
+	ConditionStalled = "Stalled"
+)
+
+// SecretKeyRef selects a key of a Secret in the same namespace as the object that refers to it.
+// There is deliberately no namespace field: an object can only use its own namespace's Secrets.
+type SecretKeyRef struct {
+	// name of the Secret, in the referring object's namespace.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// key within the Secret's data.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key"`
+}

@@ -1,0 +1,261 @@
+package v1alpha1
+
+import (
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Defaults, in the one Go place that applies them (the CRD does not default these fields, so a
+// change of default reaches existing objects and unit tests see the same values as the cluster).
+const (
+	DefaultTimeoutSeconds      int32 = 10
+	DefaultMaxRetries          int32 = 10
+	DefaultInitialDelaySeconds int32 = 30
+	DefaultBackoffFactor       int32 = 2
+	DefaultMaxDelaySeconds     int32 = 4 * 60 * 60
+	DefaultJitterPercent       int32 = 10
+)
+
+// WebhookEndpointSpec is a receiver of webhooks and the events it subscribes to.
+// +kubebuilder:validation:XValidation:rule="!self.url.startsWith('http://') || (has(self.allowInsecureHTTP) && self.allowInsecureHTTP)",message="spec.url uses plain http://: use an https:// URL, or set spec.allowInsecureHTTP: true to accept an unencrypted endpoint"
+type WebhookEndpointSpec struct {
+	// url is the absolute https:// URL that events are POSTed to. Plain http:// is accepted only
+	// with allowInsecureHTTP. It must not embed credentials; use authHeader for those.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''",message="spec.url must be an absolute http(s) URL with a host, such as https://hooks.example.com/docrouter"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')",message="spec.url must not contain credentials (user:password@host); put them in a Secret and use spec.authHeader"
+	URL string `json:"url"`
+
+	// eventTypes are the event types this endpoint receives: document.uploaded, llm.completed,
+	// llm.error, document.error, webhook.test, or a wildcard: "*" (all), "document.*", "llm.*".
+	// webhook.test deliveries made with the webhooks.docrouter.ai/test annotation are sent
+	// whatever this list holds.
+	// +required
+	// +listType=set
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="self.all(t, t in ['document.uploaded', 'llm.completed', 'llm.error', 'document.error', 'webhook.test', '*', 'document.*', 'llm.*'])",message="spec.eventTypes: each entry must be one of document.uploaded, llm.completed, llm.error, document.error, webhook.test, or a wildcard: *, document.*, llm.*"
+	EventTypes []string `json:"eventTypes"`
+
+	// signingSecretRef selects the HMAC-SHA256 key in a Secret of this namespace. When set, every
+	// request carries X-DocRouter-Signature: sha256=<hex HMAC of "<timestamp>.<body>">.
+	// +optional
+	SigningSecretRef *SecretKeyRef `json:"signingSecretRef,omitempty"`
+
+	// authHeader is a static header sent with every request, for receivers such as n8n or Zapier
+	// that authenticate by header rather than by signature. Its value is read from a Secret.
+	// +optional
+	AuthHeader *AuthHeader `json:"authHeader,omitempty"`
+
+	// allowInsecureHTTP accepts a plain http:// url. Defaults to false: the product sends over HTTPS.
+	// +optional
+	AllowInsecureHTTP bool `json:"allowInsecureHTTP,omitempty"`
+
+	// timeoutSeconds bounds each attempt, from connecting to reading the response. Defaults to 10.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=60
+	TimeoutSeconds *int32 `json:"timeoutSeconds,omitempty"`
+
+	// retryPolicy says how failed attempts are retried. Defaults to 10 retries with exponential
+	// backoff from 30s, doubling, capped at 4h, with up to 10% jitter (about 8 hours in all).
+	// +optional
+	RetryPolicy *RetryPolicy `json:"retryPolicy,omitempty"`
+
+	// paused holds this endpoint's deliveries: none is attempted until paused is false again.
+	// Nothing is dropped while paused; new deliveries are still created and wait.
+	// +optional
+	Paused bool `json:"paused,omitempty"`
+}
+
+// AuthHeader is a static HTTP header whose value comes from a Secret.
+// +kubebuilder:validation:XValidation:rule="!(self.name.lowerAscii() in ['host', 'content-type', 'content-length', 'transfer-encoding', 'connection', 'user-agent']) && !self.name.lowerAscii().startsWith('x-docrouter-') && !self.name.lowerAscii().startsWith('webhook-')",message="spec.authHeader.name must not be a header the operator sets itself (Host, Content-Type, Content-Length, Transfer-Encoding, Connection, User-Agent, X-DocRouter-*, webhook-*); choose another name such as Authorization or X-Api-Key"
+type AuthHeader struct {
+	// name of the header, such as Authorization or X-Api-Key.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:Pattern=`^[!#$%&'*+.^_|~0-9A-Za-z-]+$`
+	Name string `json:"name"`
+
+	// secretKeyRef selects the header's value in a Secret of this namespace.
+	// +required
+	SecretKeyRef SecretKeyRef `json:"secretKeyRef"`
+}
+
+// RetryPolicy is an exponential backoff: attempt n+1 waits
+// min(initialDelaySeconds * backoffFactor^(n-1), maxDelaySeconds), plus up to jitterPercent more.
+// +kubebuilder:validation:XValidation:rule="!has(self.initialDelaySeconds) || !has(self.maxDelaySeconds) || self.initialDelaySeconds <= self.maxDelaySeconds",message="spec.retryPolicy.initialDelaySeconds must not exceed maxDelaySeconds"
+type RetryPolicy struct {
+	// maxRetries is how many times a failed delivery is retried after its first attempt, before
+	// it is marked Failed. Defaults to 10. 0 means a single attempt.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=20
+	MaxRetries *int32 `json:"maxRetries,omitempty"`
+
+	// initialDelaySeconds is the wait before the first retry. Defaults to 30.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=86400
+	InitialDelaySeconds *int32 `json:"initialDelaySeconds,omitempty"`
+
+	// backoffFactor multiplies the wait after each failed retry. Defaults to 2.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10
+	BackoffFactor *int32 `json:"backoffFactor,omitempty"`
+
+	// maxDelaySeconds caps the wait between two attempts, and the wait a receiver may ask for
+	// with Retry-After. Defaults to 14400 (4 hours).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=86400
+	MaxDelaySeconds *int32 `json:"maxDelaySeconds,omitempty"`
+
+	// jitterPercent adds a random 0 to jitterPercent% to each wait, so that retries of many
+	// deliveries do not arrive together. Defaults to 10.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	JitterPercent *int32 `json:"jitterPercent,omitempty"`
+}
+
+// WebhookEndpointStatus is what the operator observed of an endpoint.
+type WebhookEndpointStatus struct {
+	// observedGeneration is the generation the conditions describe.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions: Ready is True when the endpoint's URL and Secrets are usable (reasons:
+	// Valid, Paused, SecretNotFound, SecretKeyNotFound, InvalidURL).
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +patchStrategy=merge
+	// +patchMergeKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+
+	// lastSuccessTime is when a delivery attempt to this endpoint last succeeded.
+	// +optional
+	LastSuccessTime *metav1.Time `json:"lastSuccessTime,omitempty"`
+
+	// lastFailureTime is when a delivery attempt to this endpoint last failed.
+	// +optional
+	LastFailureTime *metav1.Time `json:"lastFailureTime,omitempty"`
+
+	// consecutiveFailures counts failed attempts since the last success.
+	// +optional
+	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
+
+	// lastTestToken is the last value of the webhooks.docrouter.ai/test annotation that was
+	// turned into a webhook.test delivery.
+	// +optional
+	LastTestToken string `json:"lastTestToken,omitempty"`
+}
+
+// WebhookEndpoint is a receiver of DocRouter webhooks: a URL, the event types it subscribes to,
+// and how requests to it are authenticated and retried.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=whe,categories=webhooks
+// +kubebuilder:printcolumn:name="URL",type=string,JSONPath=`.spec.url`
+// +kubebuilder:printcolumn:name="Events",type=string,JSONPath=`.spec.eventTypes`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Paused",type=boolean,JSONPath=`.spec.paused`,priority=1
+// +kubebuilder:printcolumn:name="Failures",type=integer,JSONPath=`.status.consecutiveFailures`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name of a WebhookEndpoint must be at most 63 characters, so that its deliveries can carry it as a label"
+type WebhookEndpoint struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec WebhookEndpointSpec `json:"spec"`
+
+	// +optional
+	Status WebhookEndpointStatus `json:"status,omitempty"`
+}
+
+// WebhookEndpointList is a list of WebhookEndpoints.
+// +kubebuilder:object:root=true
+type WebhookEndpointList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []WebhookEndpoint `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&WebhookEndpoint{}, &WebhookEndpointList{})
+}
+
+// GetTimeout is the per-attempt timeout, defaulted.
+func (s *WebhookEndpointSpec) GetTimeout() time.Duration {
+	return time.Duration(deref(s.TimeoutSeconds, DefaultTimeoutSeconds)) * time.Second
+}
+
+// Subscribes reports whether the endpoint receives events of type eventType.
+func (s *WebhookEndpointSpec) Subscribes(eventType string) bool {
+	for _, t := range s.EventTypes {
+		if t == "*" || t == eventType {
+			return true
+		}
+		if prefix, ok := strings.CutSuffix(t, "*"); ok && strings.HasPrefix(eventType, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// GetMaxRetries is the number of retries after the first attempt, defaulted.
+func (p *RetryPolicy) GetMaxRetries() int32 {
+	if p == nil {
+		return DefaultMaxRetries
+	}
+	return deref(p.MaxRetries, DefaultMaxRetries)
+}
+
+// GetInitialDelay is the wait before the first retry, defaulted.
+func (p *RetryPolicy) GetInitialDelay() time.Duration {
+	if p == nil {
+		return time.Duration(DefaultInitialDelaySeconds) * time.Second
+	}
+	return time.Duration(deref(p.InitialDelaySeconds, DefaultInitialDelaySeconds)) * time.Second
+}
+
+// GetBackoffFactor is the multiplier between two waits, defaulted.
+func (p *RetryPolicy) GetBackoffFactor() int32 {
+	if p == nil {
+		return DefaultBackoffFactor
+	}
+	return deref(p.BackoffFactor, DefaultBackoffFactor)
+}
+
+// GetMaxDelay caps one wait, defaulted.
+func (p *RetryPolicy) GetMaxDelay() time.Duration {
+	if p == nil {
+		return time.Duration(DefaultMaxDelaySeconds) * time.Second
+	}
+	return time.Duration(deref(p.MaxDelaySeconds, DefaultMaxDelaySeconds)) * time.Second
+}
+
+// GetJitterPercent is the largest random addition to a wait, in percent, defaulted.
+func (p *RetryPolicy) GetJitterPercent() int32 {
+	if p == nil {
+		return DefaultJitterPercent
+	}
+	return deref(p.JitterPercent, DefaultJitterPercent)
+}
+
+func deref[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
+}

@@ -1,0 +1,97 @@
+package controllers
+
+import (
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+
+	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+)
+
+// endpointHealth aggregates attempt results per endpoint in memory. The delivery controller
+// records each result; the endpoint controller copies the aggregate into the endpoint's status
+// at a bounded rate. Writing the endpoint's status on every attempt would add an API write per
+// delivery; this way a busy endpoint costs one write per interval.
+type endpointHealth struct {
+	wake chan event.TypedGenericEvent[*webhooksv1alpha1.WebhookEndpoint]
+
+	mu      sync.Mutex
+	entries map[types.NamespacedName]healthStats
+}
+
+// healthStats is the part of an endpoint's status that attempts change.
+type healthStats struct {
+	LastSuccessTime     *metav1.Time
+	LastFailureTime     *metav1.Time
+	ConsecutiveFailures int32
+}
+
+// healthTransition names a change worth an Event.
+type healthTransition string
+
+const (
+	transitionNone      healthTransition = ""
+	transitionFailing   healthTransition = "Failing"
+	transitionRecovered healthTransition = "Recovered"
+)
+
+func newEndpointHealth() *endpointHealth {
+	return &endpointHealth{
+		wake:    make(chan event.TypedGenericEvent[*webhooksv1alpha1.WebhookEndpoint], 1024),
+		entries: map[types.NamespacedName]healthStats{},
+	}
+}
+
+// record adds one attempt's result. The first result of an endpoint since the operator started
+// continues from its status.
+func (h *endpointHealth) record(ep *webhooksv1alpha1.WebhookEndpoint, success bool, at time.Time) healthTransition {
+	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
+	t := metav1.NewTime(at)
+	h.mu.Lock()
+	s, ok := h.entries[key]
+	if !ok {
+		s = healthStats{LastSuccessTime: ep.Status.LastSuccessTime, LastFailureTime: ep.Status.LastFailureTime,
+			ConsecutiveFailures: ep.Status.ConsecutiveFailures}
+	}
+	transition := transitionNone
+	if success {
+		if s.ConsecutiveFailures > 0 {
+			transition = transitionRecovered
+		}
+		s.ConsecutiveFailures, s.LastSuccessTime = 0, &t
+	} else {
+		if s.ConsecutiveFailures == 0 {
+			transition = transitionFailing
+		}
+		s.ConsecutiveFailures++
+		s.LastFailureTime = &t
+	}
+	h.entries[key] = s
+	h.mu.Unlock()
+
+	wake := &webhooksv1alpha1.WebhookEndpoint{}
+	wake.Namespace, wake.Name = ep.Namespace, ep.Name
+	select {
+	case h.wake <- event.TypedGenericEvent[*webhooksv1alpha1.WebhookEndpoint]{Object: wake}:
+	default: // the endpoint is reconciled again soon anyway; the aggregate is not lost
+	}
+	return transition
+}
+
+// get returns the aggregate of an endpoint, if any attempt was recorded since the start.
+func (h *endpointHealth) get(key types.NamespacedName) (healthStats, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s, ok := h.entries[key]
+	return s, ok
+}
+
+// forget drops a deleted endpoint.
+func (h *endpointHealth) forget(key types.NamespacedName) {
+	h.mu.Lock()
+	delete(h.entries, key)
+	h.mu.Unlock()
+}

@@ -1,0 +1,73 @@
+// Package controllers holds the two reconcilers: WebhookEndpoint and WebhookDelivery. They are
+// thin: they read objects, call the dispatcher, and write status.
+package controllers
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/docrouter/webhook-operator/dispatcher"
+)
+
+// Options are the operator's tunables; main.go exposes each as a flag.
+type Options struct {
+	// Workers is how many deliveries are attempted at once.
+	Workers int
+	// MaxInFlightPerEndpoint bounds the attempts in flight to one endpoint, so a slow receiver
+	// holds at most this many workers.
+	MaxInFlightPerEndpoint int
+	// SecretTTL is how long a Secret read is reused: a changed Secret is used within it.
+	SecretTTL time.Duration
+	// WaitRetryInterval is how often a delivery or endpoint waiting for a missing Secret or
+	// endpoint looks again.
+	WaitRetryInterval time.Duration
+	// HealthUpdateInterval bounds how often an endpoint's status is written with delivery health.
+	HealthUpdateInterval time.Duration
+	// SucceededRetention and FailedRetention are how long finished deliveries are kept before
+	// they are deleted; 0 keeps them forever.
+	SucceededRetention time.Duration
+	FailedRetention    time.Duration
+}
+
+// DefaultOptions are the documented defaults.
+func DefaultOptions() Options {
+	return Options{
+		Workers:                64,
+		MaxInFlightPerEndpoint: 8,
+		SecretTTL:              5 * time.Second,
+		WaitRetryInterval:      10 * time.Second,
+		HealthUpdateInterval:   10 * time.Second,
+		SucceededRetention:     7 * 24 * time.Hour,
+		FailedRetention:        30 * 24 * time.Hour,
+	}
+}
+
+// Setup builds both reconcilers, sharing the Secret reader and the endpoint health, and
+// registers them with the manager. clk may be nil for the real clock.
+func Setup(ctx context.Context, mgr ctrl.Manager, sender *dispatcher.Sender, opts Options, clk clock.PassiveClock) error {
+	if clk == nil {
+		clk = clock.RealClock{}
+	}
+	secrets := newSecretReader(mgr.GetAPIReader(), opts.SecretTTL, clk.Now)
+	health := newEndpointHealth()
+	recorder := mgr.GetEventRecorder("webhook-operator")
+
+	deliveries := &WebhookDeliveryReconciler{
+		Client: mgr.GetClient(), Sender: sender, Recorder: recorder, Clock: clk, Jitter: rand.Float64, Options: opts,
+		secrets: secrets, health: health, limiter: newInflightLimiter(opts.MaxInFlightPerEndpoint),
+		expectations: newAttemptExpectations(),
+	}
+	if err := deliveries.SetupWithManager(ctx, mgr); err != nil {
+		return err
+	}
+	endpoints := &WebhookEndpointReconciler{
+		Client: mgr.GetClient(), Recorder: recorder, Clock: clk, Options: opts,
+		secrets: secrets, health: health, lastHealthWrite: map[types.NamespacedName]time.Time{},
+	}
+	return endpoints.SetupWithManager(mgr)
+}

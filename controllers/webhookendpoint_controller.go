@@ -1,0 +1,209 @@
+package controllers
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+)
+
+// Reasons of an endpoint's Ready condition.
+const (
+	ReasonValid      = "Valid"
+	ReasonPaused     = "Paused"
+	ReasonInvalidURL = "InvalidURL"
+	ReasonTestSent   = "TestDeliveryCreated"
+)
+
+// WebhookEndpointReconciler reports whether an endpoint can be delivered to, turns the test
+// annotation into a webhook.test delivery, and publishes the endpoint's delivery health.
+type WebhookEndpointReconciler struct {
+	client.Client
+	Recorder events.EventRecorder
+	Clock    clock.PassiveClock
+	Options  Options
+
+	secrets *secretReader
+	health  *endpointHealth
+
+	mu              sync.Mutex
+	lastHealthWrite map[types.NamespacedName]time.Time
+}
+
+// +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookendpoints,verbs=get;list;watch
+// +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookendpoints/status,verbs=get;patch
+// +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookdeliveries,verbs=create
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile brings an endpoint's status up to date.
+func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	ep := &webhooksv1alpha1.WebhookEndpoint{}
+	if err := r.Get(ctx, req.NamespacedName, ep); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.health.forget(req.NamespacedName)
+		}
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	base := ep.DeepCopy()
+	wasReady := meta.FindStatusCondition(ep.Status.Conditions, webhooksv1alpha1.ConditionReady)
+
+	defer func() {
+		ep.Status.ObservedGeneration = ep.Generation
+		if err := r.patchStatus(ctx, base, ep); err != nil {
+			retErr = err
+			return
+		}
+		r.announce(ep, wasReady)
+	}()
+
+	if err := r.sendTest(ctx, ep); err != nil {
+		return ctrl.Result{}, err
+	}
+	requeue := r.copyHealth(ep)
+
+	ready, reason, message := r.readiness(ctx, ep)
+	if reason == "" { // an API failure reading a Secret
+		return ctrl.Result{}, fmt.Errorf("%s", message)
+	}
+	meta.SetStatusCondition(&ep.Status.Conditions, metav1.Condition{Type: webhooksv1alpha1.ConditionReady,
+		Status: ready, Reason: reason, Message: message, ObservedGeneration: ep.Generation})
+	if reason == ReasonSecretNotFound || reason == ReasonSecretKeyNotFound {
+		// Secrets are read, not watched (the operator may only `get` them): look again soon.
+		requeue = minPositive(requeue, r.Options.WaitRetryInterval)
+	}
+	return ctrl.Result{RequeueAfter: requeue}, nil
+}
+
+// readiness checks what the API server's validation cannot: that the URL parses and that the
+// Secrets exist and hold the keys. The reason is empty on an API failure.
+func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv1alpha1.WebhookEndpoint) (metav1.ConditionStatus, string, string) {
+	u, err := url.Parse(ep.Spec.URL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return metav1.ConditionFalse, ReasonInvalidURL, "spec.url is not an absolute http(s) URL"
+	}
+	if u.Scheme == "http" && !ep.Spec.AllowInsecureHTTP {
+		return metav1.ConditionFalse, ReasonInvalidURL, "spec.url uses http:// without spec.allowInsecureHTTP"
+	}
+	if _, err := r.secrets.resolve(ctx, ep); err != nil {
+		if cerr, ok := err.(*credentialError); ok {
+			return metav1.ConditionFalse, cerr.reason, cerr.message
+		}
+		return metav1.ConditionUnknown, "", err.Error()
+	}
+	if ep.Spec.Paused {
+		return metav1.ConditionFalse, ReasonPaused, "spec.paused is true: deliveries wait until it is false"
+	}
+	return metav1.ConditionTrue, ReasonValid, "the URL and Secrets are valid; deliveries are sent"
+}
+
+// sendTest creates one webhook.test delivery per value of the test annotation. The delivery's
+// name derives from the value, so a repeated reconcile cannot create a second one.
+func (r *WebhookEndpointReconciler) sendTest(ctx context.Context, ep *webhooksv1alpha1.WebhookEndpoint) error {
+	token := ep.Annotations[webhooksv1alpha1.TestAnnotation]
+	if token == "" || token == ep.Status.LastTestToken {
+		return nil
+	}
+	sum := sha256.Sum256([]byte(string(ep.UID) + "/" + token))
+	event := webhooksv1alpha1.Event{
+		ID:             "test-" + hex.EncodeToString(sum[:12]),
+		Type:           webhooksv1alpha1.EventWebhookTest,
+		Timestamp:      r.Clock.Now().Unix(),
+		OrganizationID: ep.Namespace,
+		Document:       webhooksv1alpha1.Document{DocumentID: "test", DocumentName: "webhook-test.pdf"},
+	}
+	d := webhooksv1alpha1.NewDelivery(ep.Namespace, ep.Name, event)
+	if err := r.Create(ctx, d); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	ep.Status.LastTestToken = token
+	r.Recorder.Eventf(ep, d, "Normal", ReasonTestSent, "Test", "created test delivery %s", d.Name)
+	return nil
+}
+
+// copyHealth copies the in-memory delivery health into status, at most once per
+// HealthUpdateInterval except when the endpoint starts or stops failing. It returns when to
+// look again if a write was held back.
+func (r *WebhookEndpointReconciler) copyHealth(ep *webhooksv1alpha1.WebhookEndpoint) time.Duration {
+	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
+	h, ok := r.health.get(key)
+	if !ok {
+		return 0
+	}
+	s := &ep.Status
+	if h.ConsecutiveFailures == s.ConsecutiveFailures && h.LastSuccessTime.Equal(s.LastSuccessTime) && h.LastFailureTime.Equal(s.LastFailureTime) {
+		return 0
+	}
+	now := r.Clock.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if last, ok := r.lastHealthWrite[key]; ok && (h.ConsecutiveFailures == 0) == (s.ConsecutiveFailures == 0) {
+		if wait := last.Add(r.Options.HealthUpdateInterval).Sub(now); wait > 0 {
+			return wait
+		}
+	}
+	r.lastHealthWrite[key] = now
+	s.ConsecutiveFailures, s.LastSuccessTime, s.LastFailureTime = h.ConsecutiveFailures, h.LastSuccessTime, h.LastFailureTime
+	return 0
+}
+
+// announce records an Event when the endpoint's readiness changed.
+func (r *WebhookEndpointReconciler) announce(ep *webhooksv1alpha1.WebhookEndpoint, was *metav1.Condition) {
+	now := meta.FindStatusCondition(ep.Status.Conditions, webhooksv1alpha1.ConditionReady)
+	if now == nil || (was != nil && was.Status == now.Status && was.Reason == now.Reason) {
+		return
+	}
+	switch {
+	case now.Status == metav1.ConditionTrue && was != nil:
+		r.Recorder.Eventf(ep, nil, "Normal", now.Reason, "Validate", "%s", now.Message)
+	case now.Status == metav1.ConditionFalse && now.Reason != ReasonPaused:
+		r.Recorder.Eventf(ep, nil, "Warning", now.Reason, "Validate", "%s", now.Message)
+	}
+}
+
+func (r *WebhookEndpointReconciler) patchStatus(ctx context.Context, base, ep *webhooksv1alpha1.WebhookEndpoint) error {
+	patch := client.MergeFrom(base)
+	data, err := patch.Data(ep)
+	if err != nil {
+		return err
+	}
+	if string(data) == "{}" {
+		return nil
+	}
+	return client.IgnoreNotFound(r.Status().Patch(ctx, ep, client.RawPatch(patch.Type(), data)))
+}
+
+func minPositive(a, b time.Duration) time.Duration {
+	if a <= 0 {
+		return b
+	}
+	return min(a, b)
+}
+
+// SetupWithManager registers the controller. The controller's own status writes do not trigger
+// it; spec and annotation changes do, and so does the delivery health it is told about.
+func (r *WebhookEndpointReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&webhooksv1alpha1.WebhookEndpoint{}, builder.WithPredicates(
+			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		WatchesRawSource(source.Channel(r.health.wake, &handler.TypedEnqueueRequestForObject[*webhooksv1alpha1.WebhookEndpoint]{})).
+		Complete(r)
+}

@@ -1,0 +1,275 @@
+package dispatcher
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Class is the outcome class of one attempt.
+type Class string
+
+const (
+	ClassSuccess   Class = "Success"      // the receiver answered 2xx
+	ClassHTTPError Class = "HTTPError"    // the receiver answered, but not 2xx (3xx included)
+	ClassTimeout   Class = "Timeout"      // no answer within the timeout
+	ClassNetwork   Class = "NetworkError" // DNS, connect, TLS or transport failure
+	ClassBlocked   Class = "Blocked"      // refused by the outbound address policy
+	ClassInvalid   Class = "InvalidRequest"
+)
+
+const (
+	// MaxResponseBytes is how much of a response body is read (then the connection is dropped).
+	MaxResponseBytes = 64 << 10
+	// SnippetBytes is how much of a response body is kept, sanitised, in a Result.
+	SnippetBytes = 256
+	// maxErrorLen bounds Result.Error, which ends up in status.
+	maxErrorLen = 256
+
+	// UserAgent identifies the sender to receivers.
+	UserAgent = "DocRouter-Webhooks/1.0"
+)
+
+// Message is one attempt of one event to one URL: everything needed to put it on the wire.
+type Message struct {
+	URL       string
+	Body      []byte
+	EventID   string
+	EventType string
+	Attempt   int32
+	// SigningKey signs the request with the product's scheme when non-empty.
+	SigningKey []byte
+	// Headers are extra static headers, such as an endpoint's auth header. They cannot replace
+	// the headers the sender sets itself.
+	Headers http.Header
+	// Timeout bounds the whole attempt, reading the response included.
+	Timeout time.Duration
+}
+
+// Result is what became of one attempt.
+type Result struct {
+	Class      Class
+	StatusCode int
+	Duration   time.Duration
+	// RetryAfter is the receiver's Retry-After, zero when absent or unparsable.
+	RetryAfter time.Duration
+	// Error is a short, sanitised description of a failure: never a URL, header or body secret.
+	Error string
+	// Snippet is the start of the response body, sanitised.
+	Snippet string
+}
+
+// Succeeded reports whether the receiver accepted the event.
+func (r Result) Succeeded() bool { return r.Class == ClassSuccess }
+
+// Sender sends Messages over one shared HTTP client. It makes exactly one HTTP request per Send:
+// no retries, no redirects followed.
+type Sender struct {
+	client *http.Client
+	now    func() time.Time
+}
+
+// SenderOptions configures a Sender. The zero value is a sensible production sender.
+type SenderOptions struct {
+	// DialContext replaces the transport's dialer, for an outbound address policy.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// TLSConfig replaces the default (system roots, TLS 1.2 minimum).
+	TLSConfig *tls.Config
+	// MaxConnsPerHost bounds connections to one host; 0 means no bound.
+	MaxConnsPerHost int
+	// Now is the clock that timestamps signatures; time.Now when nil.
+	Now func() time.Time
+}
+
+// NewSender builds a Sender with a shared, pooled transport.
+func NewSender(opts SenderOptions) *Sender {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConns = 1024
+	tr.MaxIdleConnsPerHost = 256
+	tr.MaxConnsPerHost = opts.MaxConnsPerHost
+	tr.ResponseHeaderTimeout = 0 // the per-attempt context bounds it
+	if opts.DialContext != nil {
+		tr.DialContext = opts.DialContext
+	}
+	tr.TLSClientConfig = opts.TLSConfig
+	if tr.TLSClientConfig == nil {
+		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Sender{
+		now: now,
+		client: &http.Client{
+			Transport: tr,
+			// A redirect is an answer, not an instruction: it is recorded as a failure.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}
+}
+
+// reservedHeaders cannot be set through Message.Headers.
+var reservedHeaders = map[string]bool{
+	"Host": true, "Content-Type": true, "Content-Length": true, "Transfer-Encoding": true,
+	"Connection": true, "User-Agent": true,
+}
+
+// Send makes one attempt. It never returns an error: every failure is a Result.
+func (s *Sender) Send(ctx context.Context, m Message) Result {
+	ctx, cancel := context.WithTimeout(ctx, m.Timeout)
+	defer cancel()
+
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, m.URL, bytes.NewReader(m.Body))
+	if err != nil {
+		return Result{Class: ClassInvalid, Error: "invalid request: " + sanitize(unwrapURLError(err).Error(), maxErrorLen)}
+	}
+	for name, values := range m.Headers {
+		canonical := http.CanonicalHeaderKey(name)
+		if reservedHeaders[canonical] || strings.HasPrefix(canonical, "X-Docrouter-") || strings.HasPrefix(canonical, "Webhook-") {
+			continue
+		}
+		req.Header[canonical] = values
+	}
+	ts := s.now().Unix()
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", UserAgent)
+	req.Header.Set(HeaderEventID, m.EventID)
+	req.Header.Set(HeaderEventType, m.EventType)
+	req.Header.Set(HeaderAttempt, strconv.Itoa(int(m.Attempt)))
+	req.Header.Set(HeaderTimestamp, strconv.FormatInt(ts, 10))
+	if len(m.SigningKey) > 0 {
+		req.Header.Set(HeaderSignature, Sign(m.SigningKey, ts, m.Body))
+	}
+
+	start := time.Now()
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return Result{Class: classifyError(ctx, err), Duration: time.Since(start), Error: sanitize(unwrapURLError(err).Error(), maxErrorLen)}
+	}
+	snippet := readLimited(resp.Body)
+	_ = resp.Body.Close()
+	res := Result{
+		StatusCode: resp.StatusCode,
+		Duration:   time.Since(start),
+		Snippet:    snippet,
+		RetryAfter: ParseRetryAfter(resp.Header.Get("Retry-After"), s.now()),
+	}
+	switch {
+	case resp.StatusCode >= 200 && resp.StatusCode < 300:
+		res.Class = ClassSuccess
+	case resp.StatusCode >= 300 && resp.StatusCode < 400:
+		res.Class = ClassHTTPError
+		res.Error = "HTTP " + strconv.Itoa(resp.StatusCode) + ": redirects are not followed; point the endpoint at the final URL"
+	default:
+		res.Class = ClassHTTPError
+		res.Error = "HTTP " + strconv.Itoa(resp.StatusCode)
+		if snippet != "" {
+			res.Error += ": " + snippet
+		}
+		res.Error = sanitize(res.Error, maxErrorLen)
+	}
+	return res
+}
+
+// readLimited reads at most MaxResponseBytes of a body (so that a small answer leaves the
+// connection reusable, and a huge or endless one costs nothing) and returns its sanitised start.
+// A body cut short changes nothing: the status code is the answer.
+func readLimited(body io.Reader) string {
+	buf := make([]byte, SnippetBytes)
+	n, err := io.ReadFull(body, buf)
+	if err == nil {
+		_, _ = io.Copy(io.Discard, io.LimitReader(body, MaxResponseBytes-int64(n)))
+	}
+	return sanitize(string(buf[:n]), SnippetBytes)
+}
+
+func classifyError(ctx context.Context, err error) Class {
+	var blocked *BlockedError
+	switch {
+	case errors.As(err, &blocked):
+		return ClassBlocked
+	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
+		return ClassTimeout
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) && netErr.Timeout() {
+		return ClassTimeout
+	}
+	return ClassNetwork
+}
+
+// unwrapURLError drops the URL that *url.Error carries: an endpoint URL may hold a token in its
+// path or query (n8n and Zapier URLs do), and errors end up in status and logs.
+func unwrapURLError(err error) error {
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		if errors.Is(uerr.Err, context.DeadlineExceeded) {
+			return errors.New("timed out waiting for the receiver")
+		}
+		return uerr.Err
+	}
+	return err
+}
+
+// BlockedError is returned by an outbound address policy's dialer.
+type BlockedError struct {
+	IP     net.IP
+	Reason string
+}
+
+func (e *BlockedError) Error() string {
+	return "blocked by the outbound address policy: " + e.IP.String() + " is " + e.Reason
+}
+
+// ParseRetryAfter reads a Retry-After header: delay-seconds or an HTTP date.
+func ParseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		return time.Duration(min(secs, int64(24*time.Hour/time.Second))) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// sanitize keeps printable characters of s, folds white space and cuts it to at most n bytes.
+func sanitize(s string, n int) string {
+	var b strings.Builder
+	space := false
+	for _, r := range s {
+		if r == utf8.RuneError {
+			continue
+		}
+		if unicode.IsSpace(r) || !unicode.IsPrint(r) {
+			space = b.Len() > 0
+			continue
+		}
+		if space {
+			b.WriteByte(' ')
+			space = false
+		}
+		if b.Len()+utf8.RuneLen(r) > n {
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
