@@ -1,0 +1,185 @@
+// Package testenv runs a real kube-apiserver and etcd (envtest) with the operator's CRDs
+// installed, and scopes a controller-runtime manager to one namespace per test, so that tests
+// run in isolation against the real API server: CEL validation, the status subresource,
+// patches and watches behave as in a cluster.
+//
+// The binaries come from KUBEBUILDER_ASSETS, which `make test` points at the control plane that
+// hack/controlplane.sh builds from Go modules.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+)
+
+// Env is a running control plane with the CRDs installed.
+type Env struct {
+	Config *rest.Config
+	Client client.Client
+	Scheme *k8sruntime.Scheme
+	env    *envtest.Environment
+}
+
+// Scheme returns a scheme with the built-in kinds and the operator's kinds.
+func NewScheme() *k8sruntime.Scheme {
+	s := k8sruntime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(s))
+	utilruntime.Must(webhooksv1alpha1.AddToScheme(s))
+	return s
+}
+
+// RepoRoot is the checkout's top directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Start starts kube-apiserver and etcd and installs the CRDs of config/crd/bases.
+func Start() (*Env, error) {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		return nil, errors.New("KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=\"$(hack/controlplane.sh)\"")
+	}
+	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true), zap.Level(zapLevel())))
+	scheme := NewScheme()
+	e := &envtest.Environment{
+		Scheme:                scheme,
+		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := e.Start()
+	if err != nil {
+		return nil, fmt.Errorf("starting envtest: %w", err)
+	}
+	// Unthrottled, as controller-runtime's GetConfig leaves it.
+	cfg.QPS, cfg.Burst = -1, -1
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		_ = e.Stop()
+		return nil, err
+	}
+	return &Env{Config: cfg, Client: c, Scheme: scheme, env: e}, nil
+}
+
+// zapLevel is quiet by default; TEST_LOG_LEVEL=debug shows the controllers' logs.
+func zapLevel() zapcore.Level {
+	if os.Getenv("TEST_LOG_LEVEL") == "debug" {
+		return -1
+	}
+	return 2 // error and above
+}
+
+// Stop stops the control plane.
+func (e *Env) Stop() error { return e.env.Stop() }
+
+// Environment exposes envtest's environment (for its control plane's processes).
+func (e *Env) Environment() *envtest.Environment { return e.env }
+
+// Run is a TestMain body: start the control plane, run the tests, stop it.
+//
+//	func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env)) }
+func Run(m *testing.M, env **Env) int {
+	e, err := Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	*env = e
+	code := m.Run()
+	if err := e.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "stopping envtest:", err)
+	}
+	return code
+}
+
+// Namespace creates a namespace of its own for one test.
+func (e *Env) Namespace(t testing.TB) string {
+	t.Helper()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "t-" + hex.EncodeToString(b)}}
+	if err := e.Client.Create(context.Background(), ns); err != nil {
+		t.Fatalf("creating namespace: %v", err)
+	}
+	return ns.Name
+}
+
+// ManagerOptions returns manager options scoped to namespace, with metrics, probes and leader
+// election off, so that several managers can run in one test binary.
+func (e *Env) ManagerOptions(namespace string) ctrl.Options {
+	return ctrl.Options{
+		Scheme:                 e.Scheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Cache: cache.Options{
+			DefaultNamespaces: map[string]cache.Config{namespace: {}},
+			DefaultTransform:  cache.TransformStripManagedFields(),
+		},
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	}
+}
+
+// StartManager starts a manager with opts, after setup registers its controllers. It is stopped
+// when the test ends, or earlier by calling the returned function, which waits for it to stop.
+func (e *Env) StartManager(t testing.TB, opts ctrl.Options, setup func(context.Context, ctrl.Manager) error) (stop func()) {
+	t.Helper()
+	mgr, err := ctrl.NewManager(e.Config, opts)
+	if err != nil {
+		t.Fatalf("creating manager: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := setup(ctx, mgr); err != nil {
+		cancel()
+		t.Fatalf("setting up manager: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := mgr.Start(ctx); err != nil {
+			t.Errorf("manager stopped with error: %v", err)
+		}
+	}()
+	synced, syncCancel := context.WithTimeout(ctx, 30*time.Second)
+	defer syncCancel()
+	if !mgr.GetCache().WaitForCacheSync(synced) {
+		cancel()
+		t.Fatalf("manager cache did not sync")
+	}
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		<-done
+	}
+	t.Cleanup(stop)
+	return stop
+}
