@@ -3,7 +3,9 @@ package dispatcher
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -11,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -54,6 +57,9 @@ type Message struct {
 	Headers http.Header
 	// Timeout bounds the whole attempt, reading the response included.
 	Timeout time.Duration
+	// CABundle, when non-empty, is the PEM certificates that this request's server certificate
+	// must chain to, instead of the system roots (an endpoint's spec.caBundleRef).
+	CABundle []byte
 }
 
 // Result is what became of one attempt.
@@ -77,7 +83,15 @@ func (r Result) Succeeded() bool { return r.Class == ClassSuccess }
 type Sender struct {
 	client *http.Client
 	now    func() time.Time
+
+	// base is the shared transport; a CA bundle gets a clone of it, cached by the bundle's hash.
+	base    *http.Transport
+	mu      sync.Mutex
+	bundles map[[sha256.Size]byte]*http.Client
 }
+
+// maxBundleClients bounds the cached per-CA-bundle clients; beyond it the cache starts again.
+const maxBundleClients = 256
 
 // SenderOptions configures a Sender. The zero value is a sensible production sender.
 type SenderOptions struct {
@@ -98,6 +112,9 @@ func NewSender(opts SenderOptions) *Sender {
 	tr.MaxIdleConnsPerHost = 256
 	tr.MaxConnsPerHost = opts.MaxConnsPerHost
 	tr.ResponseHeaderTimeout = 0 // the per-attempt context bounds it
+	// No HTTP(S)_PROXY: the outbound address policy must see the IP actually dialled, which a
+	// proxy would hide.
+	tr.Proxy = nil
 	if opts.DialContext != nil {
 		tr.DialContext = opts.DialContext
 	}
@@ -109,14 +126,44 @@ func NewSender(opts SenderOptions) *Sender {
 	if now == nil {
 		now = time.Now
 	}
-	return &Sender{
-		now: now,
-		client: &http.Client{
-			Transport: tr,
-			// A redirect is an answer, not an instruction: it is recorded as a failure.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
+	return &Sender{now: now, base: tr, client: newClient(tr), bundles: map[[sha256.Size]byte]*http.Client{}}
+}
+
+func newClient(tr http.RoundTripper) *http.Client {
+	return &http.Client{
+		Transport: tr,
+		// A redirect is an answer, not an instruction: it is recorded as a failure.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+}
+
+// clientFor returns the shared client, or for a CA bundle a client whose transport trusts only
+// that bundle: one per distinct bundle, so endpoints sharing a CA share connections.
+func (s *Sender) clientFor(bundle []byte) (*http.Client, error) {
+	if len(bundle) == 0 {
+		return s.client, nil
+	}
+	key := sha256.Sum256(bundle)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.bundles[key]; ok {
+		return c, nil
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(bundle) {
+		return nil, errors.New("the CA bundle of spec.caBundleRef holds no PEM certificate")
+	}
+	tr := s.base.Clone()
+	tr.TLSClientConfig.RootCAs = pool
+	if len(s.bundles) >= maxBundleClients {
+		for k, c := range s.bundles {
+			c.CloseIdleConnections()
+			delete(s.bundles, k)
+		}
+	}
+	c := newClient(tr)
+	s.bundles[key] = c
+	return c, nil
 }
 
 // reservedHeaders cannot be set through Message.Headers.
@@ -152,10 +199,14 @@ func (s *Sender) Send(ctx context.Context, m Message) Result {
 		req.Header.Set(HeaderSignature, Sign(m.SigningKey, ts, m.Body))
 	}
 
-	start := time.Now()
-	resp, err := s.client.Do(req)
+	client, err := s.clientFor(m.CABundle)
 	if err != nil {
-		return Result{Class: classifyError(ctx, err), Duration: time.Since(start), Error: sanitize(unwrapURLError(err).Error(), maxErrorLen)}
+		return Result{Class: ClassInvalid, Error: err.Error()}
+	}
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		return Result{Class: classifyError(ctx, err), Duration: time.Since(start), Error: sanitize(describeError(err), maxErrorLen)}
 	}
 	snippet := readLimited(resp.Body)
 	_ = resp.Body.Close()
@@ -163,7 +214,10 @@ func (s *Sender) Send(ctx context.Context, m Message) Result {
 		StatusCode: resp.StatusCode,
 		Duration:   time.Since(start),
 		Snippet:    snippet,
-		RetryAfter: ParseRetryAfter(resp.Header.Get("Retry-After"), s.now()),
+	}
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		// Only where RFC 9110 gives Retry-After the meaning "come back later".
+		res.RetryAfter = ParseRetryAfter(resp.Header.Get("Retry-After"), s.now())
 	}
 	switch {
 	case resp.StatusCode >= 200 && resp.StatusCode < 300:
@@ -209,6 +263,20 @@ func classifyError(ctx context.Context, err error) Class {
 	return ClassNetwork
 }
 
+// describeError is a transport error for a user: without the URL, and with what to change for
+// the TLS failures a user can fix.
+func describeError(err error) string {
+	msg := unwrapURLError(err).Error()
+	var verr *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &verr):
+		msg += " (the receiver's certificate is not trusted: for a private CA, set spec.caBundleRef)"
+	case strings.Contains(msg, "protocol version"):
+		msg += " (the receiver must support TLS 1.2 or later)"
+	}
+	return msg
+}
+
 // unwrapURLError drops the URL that *url.Error carries: an endpoint URL may hold a token in its
 // path or query (n8n and Zapier URLs do), and errors end up in status and logs.
 func unwrapURLError(err error) error {
@@ -220,16 +288,6 @@ func unwrapURLError(err error) error {
 		return uerr.Err
 	}
 	return err
-}
-
-// BlockedError is returned by an outbound address policy's dialer.
-type BlockedError struct {
-	IP     net.IP
-	Reason string
-}
-
-func (e *BlockedError) Error() string {
-	return "blocked by the outbound address policy: " + e.IP.String() + " is " + e.Reason
 }
 
 // ParseRetryAfter reads a Retry-After header: delay-seconds or an HTTP date.
