@@ -1,0 +1,126 @@
+// Command devcluster runs the local control plane of `make dev`: etcd and kube-apiserver on
+// loopback, started exactly as envtest starts them for the tests (same flags, certificates,
+// service-account keys and RBAC authorizer), with the operator's CRDs installed and a kubeconfig
+// for an admin user (group system:masters) written to <dir>/kubeconfig. It runs until SIGINT or
+// SIGTERM, then stops kube-apiserver and etcd.
+//
+// etcd keeps its data in <dir>/etcd, so objects survive a restart; the API server's certificates
+// are made afresh at each start (in <dir>/apiserver) and the kubeconfig is rewritten.
+//
+// hack/dev.sh runs it; it is not part of the operator's binary.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "devcluster:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		dir, crds, assets string
+		apiPort, etcdPort int
+		startTimeout      time.Duration
+	)
+	flag.StringVar(&dir, "dir", ".dev", "Directory for etcd's data, the API server's certificates and the kubeconfig.")
+	flag.StringVar(&crds, "crds", "config/crd/bases", "Directory of the CRDs to install.")
+	flag.StringVar(&assets, "assets", os.Getenv("KUBEBUILDER_ASSETS"), "Directory holding kube-apiserver and etcd (hack/controlplane.sh prints it).")
+	flag.IntVar(&apiPort, "apiserver-port", 16443, "Loopback port of kube-apiserver (HTTPS).")
+	flag.IntVar(&etcdPort, "etcd-port", 16379, "Loopback port of etcd's client URL.")
+	flag.DurationVar(&startTimeout, "start-timeout", 90*time.Second, "How long etcd and kube-apiserver may each take to start.")
+	flag.Parse()
+	if assets == "" {
+		return errors.New("--assets (or KUBEBUILDER_ASSETS) is required: the directory hack/controlplane.sh prints")
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	etcdDir := filepath.Join(dir, "etcd")
+	certDir := filepath.Join(dir, "apiserver")
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	// Certificates are made at each start: envtest only makes (and remembers) its CA when the
+	// directory is empty.
+	if err := os.RemoveAll(certDir); err != nil {
+		return err
+	}
+	for _, d := range []string{etcdDir, certDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	_ = os.Remove(kubeconfig) // a stale kubeconfig would point kubectl at a server that is gone
+
+	env := &envtest.Environment{
+		CRDDirectoryPaths:        []string{crds},
+		ErrorIfCRDPathMissing:    true,
+		BinaryAssetsDirectory:    assets,
+		ControlPlaneStartTimeout: startTimeout,
+		ControlPlaneStopTimeout:  30 * time.Second,
+	}
+	env.ControlPlane.Etcd = &envtest.Etcd{
+		DataDir: etcdDir,
+		URL:     &url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(etcdPort))},
+		Out:     os.Stdout,
+		Err:     os.Stderr,
+	}
+	api := env.ControlPlane.GetAPIServer()
+	api.SecurePort = apiPort
+	api.SecureServing.Address = "127.0.0.1"
+	api.CertDir = certDir
+	api.Out, api.Err = os.Stdout, os.Stderr
+
+	fmt.Printf("devcluster: starting etcd (127.0.0.1:%d, data in %s) and kube-apiserver (https://127.0.0.1:%d)\n", etcdPort, etcdDir, apiPort)
+	if _, err := env.Start(); err != nil {
+		_ = env.Stop()
+		return fmt.Errorf("starting the control plane: %w", err)
+	}
+	user, err := env.AddUser(envtest.User{Name: "dev-admin", Groups: []string{"system:masters"}}, nil)
+	if err == nil {
+		err = writeKubeconfig(kubeconfig, user)
+	}
+	if err != nil {
+		_ = env.Stop()
+		return err
+	}
+	fmt.Printf("devcluster: ready; kubeconfig %s\n", kubeconfig)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	<-ctx.Done()
+	stop()
+	fmt.Println("devcluster: stopping kube-apiserver and etcd")
+	_ = os.Remove(kubeconfig)
+	return env.Stop()
+}
+
+// writeKubeconfig writes the admin user's kubeconfig atomically, readable by the owner only:
+// it holds the user's client key.
+func writeKubeconfig(path string, user *envtest.AuthenticatedUser) error {
+	data, err := user.KubeConfig()
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
