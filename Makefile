@@ -65,6 +65,16 @@ build: manifests generate fmt vet ## Build the operator binary into bin/webhook-
 run: manifests generate fmt vet ## Run the operator against the cluster of the current kubeconfig.
 	go run . manager
 
+##@ Local stack
+
+.PHONY: dev
+dev: manifests generate ## Run everything on this machine: kube-apiserver and etcd on loopback, the CRDs, the operator with its intake, a sample receiver. Ctrl-C stops it.
+	hack/dev.sh
+
+.PHONY: e2e
+e2e: ## Drive the local stack with kubectl as the README's tour does, asserting every step (about 2 minutes).
+	hack/e2e.sh
+
 $(LOCALBIN):
 	mkdir -p $(LOCALBIN)
 
