@@ -1,6 +1,7 @@
 // Command webhook-operator delivers DocRouter webhooks from Kubernetes objects.
 //
 //	webhook-operator [manager] [flags]   run the controllers (the default)
+//	webhook-operator receiver [flags]    a sample receiver that verifies and prints webhooks
 package main
 
 import (
@@ -39,6 +40,8 @@ func main() {
 	switch cmd {
 	case "manager":
 		err = runManager(args)
+	case "receiver":
+		err = runReceiver(args)
 	default:
 		err = fmt.Errorf("unknown command %q: want manager", cmd)
 	}
