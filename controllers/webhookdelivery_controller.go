@@ -55,6 +55,8 @@ type WebhookDeliveryReconciler struct {
 	health       *endpointHealth
 	limiter      *inflightLimiter
 	expectations *attemptExpectations
+	// apiReader reads a finished delivery whole, bypassing the cache, which strips it.
+	apiReader client.Reader
 }
 
 // +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookdeliveries,verbs=get;list;watch;delete
@@ -83,6 +85,15 @@ func (r *WebhookDeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	now := r.Clock.Now()
 	token := d.Annotations[webhooksv1alpha1.RetryAnnotation]
 	manual := token != "" && token != d.Status.LastRetryToken
+	if manual && d.Status.Phase.Finished() && r.apiReader != nil {
+		// The cache keeps finished deliveries without their event and history (cache.go): read
+		// the whole record, once per manual retry, before sending it and patching its status.
+		if err := r.apiReader.Get(ctx, req.NamespacedName, d); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+		token = d.Annotations[webhooksv1alpha1.RetryAnnotation]
+		manual = token != "" && token != d.Status.LastRetryToken
+	}
 	if d.Status.Phase.Finished() && !manual {
 		return r.expire(ctx, d, now)
 	}
@@ -168,20 +179,22 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 		return ctrl.Result{}, nil
 	}
 	msg := dispatcher.Message{
-		URL:        ep.Spec.URL,
-		Body:       body,
-		EventID:    d.Spec.Event.ID,
-		EventType:  d.Spec.Event.Type,
-		Attempt:    number,
-		SigningKey: creds.signingKey,
-		Timeout:    ep.Spec.GetTimeout(),
+		URL:       ep.Spec.URL,
+		Body:      body,
+		EventID:   d.Spec.Event.ID,
+		EventType: d.Spec.Event.Type,
+		Attempt:   number,
+		Signing:   creds.signing,
+		Timeout:   ep.Spec.GetTimeout(),
 	}
 	if creds.authHeaderName != "" {
 		msg.Headers = map[string][]string{creds.authHeaderName: {creds.authHeaderValue}}
 	}
 
 	started := r.Clock.Now()
+	observed := observeAttempt(d, manual, started)
 	res := r.Sender.Send(ctx, msg)
+	observed(res)
 	now := r.Clock.Now()
 
 	d.Status.Attempts = number
@@ -262,6 +275,7 @@ func describe(res dispatcher.Result) string {
 
 // finish marks a delivery Succeeded or Failed.
 func (r *WebhookDeliveryReconciler) finish(d *webhooksv1alpha1.WebhookDelivery, phase webhooksv1alpha1.DeliveryPhase, reason, message string) {
+	observeFinished(d.Namespace, d.Status.Phase, phase)
 	d.Status.Phase = phase
 	d.Status.NextAttemptTime = nil
 	d.Status.CompletionTime = &metav1.Time{Time: r.Clock.Now()}
@@ -399,6 +413,10 @@ func (r *WebhookDeliveryReconciler) deliveriesOf(ctx context.Context, ep *webhoo
 // trigger a reconcile: only creation, spec changes (none: the spec is immutable) and annotation
 // changes (the retry annotation) do, besides the schedule's RequeueAfter.
 func (r *WebhookDeliveryReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
+	r.apiReader = mgr.GetAPIReader()
+	if err := mgr.Add(pendingReporter{reader: mgr.GetCache()}); err != nil {
+		return err
+	}
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &webhooksv1alpha1.WebhookDelivery{}, endpointRefIndex,
 		func(o client.Object) []string {
 			return []string{o.(*webhooksv1alpha1.WebhookDelivery).Spec.EndpointRef.Name}
