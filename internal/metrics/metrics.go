@@ -1,0 +1,121 @@
+// Package metrics defines the operator's Prometheus series and registers them on
+// controller-runtime's registry, which the manager serves on its metrics endpoint.
+//
+// Every series is an aggregate: no label carries an object's name. The namespace label on the
+// counters and the pending gauge is bounded by the cluster's namespaces, which the cluster's
+// administrators create, not the publishers; histograms have no namespace label.
+//
+// The package imports neither the controllers nor the intake, so that both can record into it.
+package metrics
+
+import (
+	"slices"
+
+	"github.com/prometheus/client_golang/prometheus"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+)
+
+// Names of the series, public: alerts and dashboards use them.
+const (
+	DeliveriesFinishedName = "docrouter_webhook_deliveries_finished_total"
+	AttemptsName           = "docrouter_webhook_attempts_total"
+	AttemptDurationName    = "docrouter_webhook_attempt_duration_seconds"
+	DeliveryLagName        = "docrouter_webhook_delivery_lag_seconds"
+	DeliveriesPendingName  = "docrouter_webhook_deliveries_pending"
+	DeliveriesInFlightName = "docrouter_webhook_deliveries_in_flight"
+	EventsPublishedName    = "docrouter_webhook_events_published_total"
+	DeliveriesRetriedName  = "docrouter_webhook_bulk_retried_deliveries_total"
+	ResultSucceeded        = "succeeded"
+	ResultFailed           = "failed"
+	otherLabelValue        = "other"
+)
+
+// Attempt outcome classes, the values of the class label.
+const (
+	Class2xx     = "2xx"
+	Class3xx     = "3xx"
+	Class4xx     = "4xx"
+	Class5xx     = "5xx"
+	ClassTimeout = "timeout"
+	ClassNetwork = "network"
+	ClassBlocked = "blocked"
+	// ClassInvalid is a request that could not be built (an unparsable URL).
+	ClassInvalid = "invalid"
+	// ClassOther is anything else, such as a 1xx final answer.
+	ClassOther = "other"
+)
+
+var (
+	// DeliveriesFinished counts deliveries that reached Succeeded or Failed. A manual retry of
+	// a Failed delivery that succeeds counts once more, as succeeded.
+	DeliveriesFinished = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: DeliveriesFinishedName,
+		Help: "Deliveries that reached a finished phase, by namespace and result (succeeded, failed).",
+	}, []string{"namespace", "result"})
+
+	// Attempts counts HTTP attempts by outcome class.
+	Attempts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: AttemptsName,
+		Help: "Delivery attempts, by namespace and outcome class (2xx, 3xx, 4xx, 5xx, timeout, network, blocked, invalid, other).",
+	}, []string{"namespace", "class"})
+
+	// AttemptDuration is the wall time of one attempt, from the request to the end of the
+	// response read (or the failure).
+	AttemptDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    AttemptDurationName,
+		Help:    "Duration of one delivery attempt in seconds, by outcome class.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"class"})
+
+	// DeliveryLag is how late an attempt started: its start minus the time it was due (the
+	// delivery's creation for a first attempt, status.nextAttemptTime for a retry).
+	DeliveryLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    DeliveryLagName,
+		Help:    "Seconds between the time an automatic attempt was due and the time it started.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+	})
+
+	// DeliveriesInFlight is the number of HTTP attempts under way.
+	DeliveriesInFlight = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: DeliveriesInFlightName,
+		Help: "Delivery attempts under way (HTTP request sent, answer not yet read).",
+	})
+
+	// EventsPublished counts events accepted by the intake, by event type.
+	EventsPublished = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: EventsPublishedName,
+		Help: "Events accepted by the intake, by event type (each fans out to zero or more deliveries).",
+	}, []string{"type"})
+
+	// BulkRetried counts Failed deliveries given a new attempt by the retry-failed annotation of
+	// their endpoint.
+	BulkRetried = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: DeliveriesRetriedName,
+		Help: "Failed deliveries retried through an endpoint's retry-failed annotation, by namespace.",
+	}, []string{"namespace"})
+)
+
+func init() {
+	ctrlmetrics.Registry.MustRegister(DeliveriesFinished, Attempts, AttemptDuration, DeliveryLag,
+		DeliveriesInFlight, EventsPublished, BulkRetried, pending)
+}
+
+// RecordEventPublished counts one event accepted by the intake. An event type outside the
+// product's list is counted as "other", so that the label stays bounded.
+//
+// The intake (dispatcher/intake) calls it once per accepted event.
+func RecordEventPublished(eventType string) {
+	if !slices.Contains(webhooksv1alpha1.EventTypes, eventType) {
+		eventType = otherLabelValue
+	}
+	EventsPublished.WithLabelValues(eventType).Inc()
+}
+
+// Names lists every series the operator exports (histograms by their base name), for checks
+// that alerts and dashboards use only real series.
+func Names() []string {
+	return []string{DeliveriesFinishedName, AttemptsName, AttemptDurationName, DeliveryLagName,
+		DeliveriesPendingName, DeliveriesInFlightName, EventsPublishedName, DeliveriesRetriedName}
+}
