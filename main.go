@@ -2,14 +2,12 @@
 //
 //	webhook-operator [manager] [flags]   run the controllers (the default)
 //	webhook-operator receiver [flags]    a sample receiver that verifies and prints webhooks
-//	webhook-operator publish [flags]     publish one event to the intake (see docs/publishing.md)
 package main
 
 import (
 	"flag"
 	"fmt"
 	"os"
-	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -23,7 +21,6 @@ import (
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/controllers"
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/dispatcher/intake"
 )
 
 var scheme = runtime.NewScheme()
@@ -45,8 +42,6 @@ func main() {
 		err = runManager(args)
 	case "receiver":
 		err = runReceiver(args)
-	case "publish":
-		err = runPublish(args)
 	default:
 		err = fmt.Errorf("unknown command %q: want manager", cmd)
 	}
@@ -68,12 +63,6 @@ func runManager(args []string) error {
 	fs.StringVar(&metricsAddr, "metrics-bind-address", "0", "Address of the metrics endpoint, such as :8443; 0 disables it.")
 	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address of the liveness and readiness probes.")
 	fs.BoolVar(&leaderElect, "leader-elect", false, "Elect a leader, so that only one replica delivers (on in the deployed manifests).")
-	var leaseNamespace string
-	var leaseDuration, renewDeadline, retryPeriod time.Duration
-	fs.StringVar(&leaseNamespace, "leader-elect-namespace", "", "Namespace of the leader election Lease; empty: the pod's own namespace (required when running outside a cluster).")
-	fs.DurationVar(&leaseDuration, "leader-elect-lease-duration", 15*time.Second, "How long a Lease holds without renewal before another replica may take over.")
-	fs.DurationVar(&renewDeadline, "leader-elect-renew-deadline", 10*time.Second, "How long the leader retries renewing its Lease before it gives up leading (and exits).")
-	fs.DurationVar(&retryPeriod, "leader-elect-retry-period", 2*time.Second, "How often replicas try to acquire or renew the Lease.")
 	fs.Float64Var(&qps, "kube-api-qps", 2000, "Requests per second to the API server (client-side limit). Every delivery costs about two writes.")
 	fs.IntVar(&burst, "kube-api-burst", 4000, "Burst of requests to the API server above kube-api-qps.")
 	fs.IntVar(&opts.Workers, "workers", opts.Workers, "Deliveries attempted at once.")
@@ -83,12 +72,6 @@ func runManager(args []string) error {
 	fs.DurationVar(&opts.HealthUpdateInterval, "health-update-interval", opts.HealthUpdateInterval, "Least time between two writes of an endpoint's delivery health to its status.")
 	fs.DurationVar(&opts.SucceededRetention, "succeeded-retention", opts.SucceededRetention, "How long a Succeeded delivery is kept before it is deleted; 0 keeps it.")
 	fs.DurationVar(&opts.FailedRetention, "failed-retention", opts.FailedRetention, "How long a Failed delivery is kept before it is deleted; 0 keeps it.")
-	intakeSrv := intake.Server{}
-	var intakeOpts intake.Options
-	fs.StringVar(&intakeSrv.Addr, "intake-bind-address", intake.DefaultBindAddress, "Address of the event intake (POST /v1/namespaces/NS/events), such as :8090; 0 disables it.")
-	fs.StringVar(&intakeSrv.CertFile, "intake-tls-cert-file", "", "TLS certificate of the intake; with --intake-tls-key-file it serves HTTPS (TLS 1.2+), else plain HTTP.")
-	fs.StringVar(&intakeSrv.KeyFile, "intake-tls-key-file", "", "TLS private key of the intake.")
-	fs.BoolVar(&intakeOpts.AllowAnonymous, "intake-allow-anonymous", false, "Accept events without a token or permission check. Local development only.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -103,16 +86,12 @@ func runManager(args []string) error {
 	cfg.QPS, cfg.Burst = float32(qps), burst
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                  scheme,
-		Metrics:                 metricsserver.Options{BindAddress: metricsAddr, SecureServing: metricsAddr != "0"},
-		HealthProbeBindAddress:  probeAddr,
-		LeaderElection:          leaderElect,
-		LeaderElectionID:        "webhook-operator.webhooks.docrouter.ai",
-		LeaderElectionNamespace: leaseNamespace,
-		LeaseDuration:           &leaseDuration,
-		RenewDeadline:           &renewDeadline,
-		RetryPeriod:             &retryPeriod,
-		Cache:                   controllers.CacheOptions(cache.Options{}), // finished deliveries stripped in the cache
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: metricsAddr, SecureServing: metricsAddr != "0"},
+		HealthProbeBindAddress: probeAddr,
+		LeaderElection:         leaderElect,
+		LeaderElectionID:       "webhook-operator.webhooks.docrouter.ai",
+		Cache:                  controllers.CacheOptions(cache.Options{}), // finished deliveries stripped in the cache
 	})
 	if err != nil {
 		return err
@@ -120,13 +99,6 @@ func runManager(args []string) error {
 	ctx := ctrl.SetupSignalHandler()
 	if err := controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), opts, nil); err != nil {
 		return err
-	}
-	if intakeSrv.Addr != "0" {
-		intakeSrv.Handler = intake.NewHandler(mgr.GetClient(), mgr.GetCache(), intakeOpts)
-		intakeSrv.Log = ctrl.Log.WithName("intake")
-		if err := mgr.Add(&intakeSrv); err != nil {
-			return err
-		}
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err

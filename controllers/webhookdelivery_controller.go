@@ -179,22 +179,20 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 		return ctrl.Result{}, nil
 	}
 	msg := dispatcher.Message{
-		URL:       ep.Spec.URL,
-		Body:      body,
-		EventID:   d.Spec.Event.ID,
-		EventType: d.Spec.Event.Type,
-		Attempt:   number,
-		Signing:   creds.signing,
-		Timeout:   ep.Spec.GetTimeout(),
+		URL:        ep.Spec.URL,
+		Body:       body,
+		EventID:    d.Spec.Event.ID,
+		EventType:  d.Spec.Event.Type,
+		Attempt:    number,
+		SigningKey: creds.signingKey,
+		Timeout:    ep.Spec.GetTimeout(),
 	}
 	if creds.authHeaderName != "" {
 		msg.Headers = map[string][]string{creds.authHeaderName: {creds.authHeaderValue}}
 	}
 
 	started := r.Clock.Now()
-	observed := observeAttempt(d, manual, started)
 	res := r.Sender.Send(ctx, msg)
-	observed(res)
 	now := r.Clock.Now()
 
 	d.Status.Attempts = number
@@ -275,7 +273,6 @@ func describe(res dispatcher.Result) string {
 
 // finish marks a delivery Succeeded or Failed.
 func (r *WebhookDeliveryReconciler) finish(d *webhooksv1alpha1.WebhookDelivery, phase webhooksv1alpha1.DeliveryPhase, reason, message string) {
-	observeFinished(d.Namespace, d.Status.Phase, phase)
 	d.Status.Phase = phase
 	d.Status.NextAttemptTime = nil
 	d.Status.CompletionTime = &metav1.Time{Time: r.Clock.Now()}
@@ -414,9 +411,6 @@ func (r *WebhookDeliveryReconciler) deliveriesOf(ctx context.Context, ep *webhoo
 // changes (the retry annotation) do, besides the schedule's RequeueAfter.
 func (r *WebhookDeliveryReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
 	r.apiReader = mgr.GetAPIReader()
-	if err := mgr.Add(pendingReporter{reader: mgr.GetCache()}); err != nil {
-		return err
-	}
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &webhooksv1alpha1.WebhookDelivery{}, endpointRefIndex,
 		func(o client.Object) []string {
 			return []string{o.(*webhooksv1alpha1.WebhookDelivery).Spec.EndpointRef.Name}
