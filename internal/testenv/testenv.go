@@ -62,7 +62,15 @@ func RepoRoot() string {
 }
 
 // Start starts kube-apiserver and etcd and installs the CRDs of config/crd/bases.
-func Start() (*Env, error) {
+func Start() (*Env, error) { return start("") }
+
+// StartRestartable is Start with the API server's serving certificates kept in certDir, so that
+// Environment().ControlPlane.APIServer can be stopped and started again (an API-server outage)
+// while clients keep their kubeconfig: envtest otherwise makes a new serving CA on each start.
+// The caller removes certDir after Stop.
+func StartRestartable(certDir string) (*Env, error) { return start(certDir) }
+
+func start(apiServerCertDir string) (*Env, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		return nil, errors.New("KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=\"$(hack/controlplane.sh)\"")
 	}
@@ -72,6 +80,9 @@ func Start() (*Env, error) {
 		Scheme:                scheme,
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
+	}
+	if apiServerCertDir != "" {
+		e.ControlPlane.GetAPIServer().CertDir = apiServerCertDir
 	}
 	cfg, err := e.Start()
 	if err != nil {
