@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -63,6 +64,12 @@ func runManager(args []string) error {
 	fs.StringVar(&metricsAddr, "metrics-bind-address", "0", "Address of the metrics endpoint, such as :8443; 0 disables it.")
 	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address of the liveness and readiness probes.")
 	fs.BoolVar(&leaderElect, "leader-elect", false, "Elect a leader, so that only one replica delivers (on in the deployed manifests).")
+	var leaseNamespace string
+	var leaseDuration, renewDeadline, retryPeriod time.Duration
+	fs.StringVar(&leaseNamespace, "leader-elect-namespace", "", "Namespace of the leader election Lease; empty: the pod's own namespace (required when running outside a cluster).")
+	fs.DurationVar(&leaseDuration, "leader-elect-lease-duration", 15*time.Second, "How long a Lease holds without renewal before another replica may take over.")
+	fs.DurationVar(&renewDeadline, "leader-elect-renew-deadline", 10*time.Second, "How long the leader retries renewing its Lease before it gives up leading (and exits).")
+	fs.DurationVar(&retryPeriod, "leader-elect-retry-period", 2*time.Second, "How often replicas try to acquire or renew the Lease.")
 	fs.Float64Var(&qps, "kube-api-qps", 2000, "Requests per second to the API server (client-side limit). Every delivery costs about two writes.")
 	fs.IntVar(&burst, "kube-api-burst", 4000, "Burst of requests to the API server above kube-api-qps.")
 	fs.IntVar(&opts.Workers, "workers", opts.Workers, "Deliveries attempted at once.")
@@ -86,12 +93,16 @@ func runManager(args []string) error {
 	cfg.QPS, cfg.Burst = float32(qps), burst
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: metricsAddr, SecureServing: metricsAddr != "0"},
-		HealthProbeBindAddress: probeAddr,
-		LeaderElection:         leaderElect,
-		LeaderElectionID:       "webhook-operator.webhooks.docrouter.ai",
-		Cache:                  controllers.CacheOptions(cache.Options{}), // finished deliveries stripped in the cache
+		Scheme:                  scheme,
+		Metrics:                 metricsserver.Options{BindAddress: metricsAddr, SecureServing: metricsAddr != "0"},
+		HealthProbeBindAddress:  probeAddr,
+		LeaderElection:          leaderElect,
+		LeaderElectionID:        "webhook-operator.webhooks.docrouter.ai",
+		LeaderElectionNamespace: leaseNamespace,
+		LeaseDuration:           &leaseDuration,
+		RenewDeadline:           &renewDeadline,
+		RetryPeriod:             &retryPeriod,
+		Cache:                   controllers.CacheOptions(cache.Options{}), // finished deliveries stripped in the cache
 	})
 	if err != nil {
 		return err
