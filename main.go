@@ -2,6 +2,7 @@
 //
 //	webhook-operator [manager] [flags]   run the controllers (the default)
 //	webhook-operator receiver [flags]    a sample receiver that verifies and prints webhooks
+//	webhook-operator publish [flags]     publish one event to the intake (see docs/publishing.md)
 package main
 
 import (
@@ -22,6 +23,7 @@ import (
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/controllers"
 	"github.com/docrouter/webhook-operator/dispatcher"
+	"github.com/docrouter/webhook-operator/dispatcher/intake"
 )
 
 var scheme = runtime.NewScheme()
@@ -43,6 +45,8 @@ func main() {
 		err = runManager(args)
 	case "receiver":
 		err = runReceiver(args)
+	case "publish":
+		err = runPublish(args)
 	default:
 		err = fmt.Errorf("unknown command %q: want manager", cmd)
 	}
@@ -79,6 +83,12 @@ func runManager(args []string) error {
 	fs.DurationVar(&opts.HealthUpdateInterval, "health-update-interval", opts.HealthUpdateInterval, "Least time between two writes of an endpoint's delivery health to its status.")
 	fs.DurationVar(&opts.SucceededRetention, "succeeded-retention", opts.SucceededRetention, "How long a Succeeded delivery is kept before it is deleted; 0 keeps it.")
 	fs.DurationVar(&opts.FailedRetention, "failed-retention", opts.FailedRetention, "How long a Failed delivery is kept before it is deleted; 0 keeps it.")
+	intakeSrv := intake.Server{}
+	var intakeOpts intake.Options
+	fs.StringVar(&intakeSrv.Addr, "intake-bind-address", intake.DefaultBindAddress, "Address of the event intake (POST /v1/namespaces/NS/events), such as :8090; 0 disables it.")
+	fs.StringVar(&intakeSrv.CertFile, "intake-tls-cert-file", "", "TLS certificate of the intake; with --intake-tls-key-file it serves HTTPS (TLS 1.2+), else plain HTTP.")
+	fs.StringVar(&intakeSrv.KeyFile, "intake-tls-key-file", "", "TLS private key of the intake.")
+	fs.BoolVar(&intakeOpts.AllowAnonymous, "intake-allow-anonymous", false, "Accept events without a token or permission check. Local development only.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -110,6 +120,13 @@ func runManager(args []string) error {
 	ctx := ctrl.SetupSignalHandler()
 	if err := controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), opts, nil); err != nil {
 		return err
+	}
+	if intakeSrv.Addr != "0" {
+		intakeSrv.Handler = intake.NewHandler(mgr.GetClient(), mgr.GetCache(), intakeOpts)
+		intakeSrv.Log = ctrl.Log.WithName("intake")
+		if err := mgr.Add(&intakeSrv); err != nil {
+			return err
+		}
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
