@@ -3,6 +3,7 @@ module github.com/docrouter/webhook-operator
 go 1.26.0
 
 require (
+	github.com/standard-webhooks/standard-webhooks/libraries v0.0.1
 	go.uber.org/zap v1.27.1
 	k8s.io/api v0.37.2
 	k8s.io/apiextensions-apiserver v0.37.2

@@ -12,12 +12,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+	"github.com/docrouter/webhook-operator/dispatcher"
 )
 
 // Reasons an endpoint's credentials cannot be resolved.
 const (
 	ReasonSecretNotFound    = "SecretNotFound"
 	ReasonSecretKeyNotFound = "SecretKeyNotFound"
+	// ReasonInvalidSecret is a Secret value the signature scheme cannot use, such as a
+	// StandardWebhooks secret that is not whsec_<base64>.
+	ReasonInvalidSecret = "InvalidSecret"
 )
 
 // credentialError is a missing Secret or key: a user's mistake that the user can fix, reported
@@ -31,7 +35,9 @@ func (e *credentialError) Error() string { return e.message }
 
 // credentials are what an endpoint's Secrets hold. They never reach a log, an Event or status.
 type credentials struct {
-	signingKey      []byte
+	// signing holds the scheme and keys, the current key first, then the previous one while a
+	// rotation is under way.
+	signing         dispatcher.Signing
 	authHeaderName  string
 	authHeaderValue string
 }
@@ -59,15 +65,25 @@ func newSecretReader(reader client.Reader, ttl time.Duration, now func() time.Ti
 	return &secretReader{reader: reader, ttl: ttl, now: now, entries: map[types.NamespacedName]secretEntry{}}
 }
 
-// resolve reads an endpoint's signing key and auth header value from its own namespace.
+// resolve reads an endpoint's signing keys and auth header value from its own namespace. The
+// previous signing key is read only while it still signs (now is before
+// previousSigningSecretExpiresAt): after that, its Secret may be gone without blocking anything.
 func (s *secretReader) resolve(ctx context.Context, ep *webhooksv1alpha1.WebhookEndpoint) (credentials, error) {
 	var creds credentials
+	scheme := dispatcher.Scheme(ep.Spec.GetSignatureScheme())
 	if ref := ep.Spec.SigningSecretRef; ref != nil {
-		v, err := s.value(ctx, ep.Namespace, *ref, "spec.signingSecretRef")
+		key, err := s.signingKey(ctx, ep.Namespace, *ref, scheme, "spec.signingSecretRef")
 		if err != nil {
 			return creds, err
 		}
-		creds.signingKey = v
+		creds.signing = dispatcher.Signing{Scheme: scheme, Keys: [][]byte{key}}
+		if ref := ep.Spec.PreviousSigningSecretRef; ref != nil && ep.Spec.PreviousSigningKeyActive(s.now()) {
+			prev, err := s.signingKey(ctx, ep.Namespace, *ref, scheme, "spec.previousSigningSecretRef")
+			if err != nil {
+				return creds, err
+			}
+			creds.signing.Keys = append(creds.signing.Keys, prev)
+		}
 	}
 	if h := ep.Spec.AuthHeader; h != nil {
 		v, err := s.value(ctx, ep.Namespace, h.SecretKeyRef, "spec.authHeader.secretKeyRef")
@@ -77,6 +93,22 @@ func (s *secretReader) resolve(ctx context.Context, ep *webhooksv1alpha1.Webhook
 		creds.authHeaderName, creds.authHeaderValue = h.Name, string(v)
 	}
 	return creds, nil
+}
+
+// signingKey reads a signing key and decodes it as scheme requires: the Secret's raw bytes for
+// DocRouter, a whsec_<base64> secret for StandardWebhooks.
+func (s *secretReader) signingKey(ctx context.Context, namespace string, ref webhooksv1alpha1.SecretKeyRef, scheme dispatcher.Scheme, field string) ([]byte, error) {
+	v, err := s.value(ctx, namespace, ref, field)
+	if err != nil || scheme != dispatcher.SchemeStandardWebhooks {
+		return v, err
+	}
+	key, err := dispatcher.ParseStandardWebhooksSecret(v)
+	if err != nil {
+		// The error describes the format, never the value.
+		return nil, &credentialError{reason: ReasonInvalidSecret,
+			message: fmt.Sprintf("%s: key %q of Secret %q: %v", field, ref.Key, ref.Name, err)}
+	}
+	return key, nil
 }
 
 func (s *secretReader) value(ctx context.Context, namespace string, ref webhooksv1alpha1.SecretKeyRef, field string) ([]byte, error) {

@@ -179,13 +179,13 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 		return ctrl.Result{}, nil
 	}
 	msg := dispatcher.Message{
-		URL:        ep.Spec.URL,
-		Body:       body,
-		EventID:    d.Spec.Event.ID,
-		EventType:  d.Spec.Event.Type,
-		Attempt:    number,
-		SigningKey: creds.signingKey,
-		Timeout:    ep.Spec.GetTimeout(),
+		URL:       ep.Spec.URL,
+		Body:      body,
+		EventID:   d.Spec.Event.ID,
+		EventType: d.Spec.Event.Type,
+		Attempt:   number,
+		Signing:   creds.signing,
+		Timeout:   ep.Spec.GetTimeout(),
 	}
 	if creds.authHeaderName != "" {
 		msg.Headers = map[string][]string{creds.authHeaderName: {creds.authHeaderValue}}

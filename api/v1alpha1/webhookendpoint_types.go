@@ -20,6 +20,9 @@ const (
 
 // WebhookEndpointSpec is a receiver of webhooks and the events it subscribes to.
 // +kubebuilder:validation:XValidation:rule="!self.url.startsWith('http://') || (has(self.allowInsecureHTTP) && self.allowInsecureHTTP)",message="spec.url uses plain http://: use an https:// URL, or set spec.allowInsecureHTTP: true to accept an unencrypted endpoint"
+// +kubebuilder:validation:XValidation:rule="has(self.previousSigningSecretRef) == has(self.previousSigningSecretExpiresAt)",message="spec.previousSigningSecretRef and spec.previousSigningSecretExpiresAt go together: set both (the old key signs until that time) or neither"
+// +kubebuilder:validation:XValidation:rule="!has(self.previousSigningSecretRef) || has(self.signingSecretRef)",message="spec.previousSigningSecretRef needs spec.signingSecretRef: the new key that replaces the previous one"
+// +kubebuilder:validation:XValidation:rule="!has(self.signatureScheme) || self.signatureScheme != 'StandardWebhooks' || has(self.signingSecretRef)",message="spec.signatureScheme StandardWebhooks needs spec.signingSecretRef: a Secret holding a whsec_<base64> secret"
 type WebhookEndpointSpec struct {
 	// url is the absolute https:// URL that events are POSTed to. Plain http:// is accepted only
 	// with allowInsecureHTTP. It must not embed credentials; use authHeader for those.
@@ -43,9 +46,32 @@ type WebhookEndpointSpec struct {
 	EventTypes []string `json:"eventTypes"`
 
 	// signingSecretRef selects the HMAC-SHA256 key in a Secret of this namespace. When set, every
-	// request carries X-DocRouter-Signature: sha256=<hex HMAC of "<timestamp>.<body>">.
+	// request is signed with the signatureScheme: for DocRouter it carries
+	// X-DocRouter-Signature: sha256=<hex HMAC of "<timestamp>.<body>">, keyed by the Secret's raw
+	// bytes; for StandardWebhooks the Secret holds a whsec_<base64> secret.
 	// +optional
 	SigningSecretRef *SecretKeyRef `json:"signingSecretRef,omitempty"`
+
+	// signatureScheme is how requests are signed: DocRouter (the product's
+	// X-DocRouter-Signature header) or StandardWebhooks (the webhook-id, webhook-timestamp and
+	// webhook-signature headers of https://www.standardwebhooks.com, verifiable with its official
+	// libraries). Defaults to DocRouter. StandardWebhooks requires signingSecretRef.
+	// +optional
+	// +kubebuilder:validation:Enum=DocRouter;StandardWebhooks
+	SignatureScheme SignatureScheme `json:"signatureScheme,omitempty"`
+
+	// previousSigningSecretRef selects the key that signingSecretRef replaces, for a rotation
+	// without rejected deliveries: until previousSigningSecretExpiresAt, every request carries
+	// a signature with each key, so receivers that know either key accept it. After that time it
+	// is neither read nor used, and may be deleted. Requires signingSecretRef and
+	// previousSigningSecretExpiresAt.
+	// +optional
+	PreviousSigningSecretRef *SecretKeyRef `json:"previousSigningSecretRef,omitempty"`
+
+	// previousSigningSecretExpiresAt is when previousSigningSecretRef stops signing (RFC 3339,
+	// such as 2026-12-01T00:00:00Z). Set together with previousSigningSecretRef.
+	// +optional
+	PreviousSigningSecretExpiresAt *metav1.Time `json:"previousSigningSecretExpiresAt,omitempty"`
 
 	// authHeader is a static header sent with every request, for receivers such as n8n or Zapier
 	// that authenticate by header rather than by signature. Its value is read from a Secret.
@@ -72,6 +98,18 @@ type WebhookEndpointSpec struct {
 	// +optional
 	Paused bool `json:"paused,omitempty"`
 }
+
+// SignatureScheme is how requests to an endpoint are signed.
+type SignatureScheme string
+
+const (
+	// SignatureSchemeDocRouter is the product's X-DocRouter-Signature: sha256=<hex HMAC-SHA256
+	// of "<timestamp>.<body>">.
+	SignatureSchemeDocRouter SignatureScheme = "DocRouter"
+	// SignatureSchemeStandardWebhooks is Standard Webhooks: webhook-signature: v1,<base64
+	// HMAC-SHA256 of "<webhook-id>.<webhook-timestamp>.<body>">.
+	SignatureSchemeStandardWebhooks SignatureScheme = "StandardWebhooks"
+)
 
 // AuthHeader is a static HTTP header whose value comes from a Secret.
 // +kubebuilder:validation:XValidation:rule="!(self.name.lowerAscii() in ['host', 'content-type', 'content-length', 'transfer-encoding', 'connection', 'user-agent']) && !self.name.lowerAscii().startsWith('x-docrouter-') && !self.name.lowerAscii().startsWith('webhook-')",message="spec.authHeader.name must not be a header the operator sets itself (Host, Content-Type, Content-Length, Transfer-Encoding, Connection, User-Agent, X-DocRouter-*, webhook-*); choose another name such as Authorization or X-Api-Key"
@@ -133,7 +171,7 @@ type WebhookEndpointStatus struct {
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
 	// conditions: Ready is True when the endpoint's URL and Secrets are usable (reasons:
-	// Valid, Paused, SecretNotFound, SecretKeyNotFound, InvalidURL).
+	// Valid, Paused, SecretNotFound, SecretKeyNotFound, InvalidSecret, InvalidURL).
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -198,6 +236,20 @@ func init() {
 // GetTimeout is the per-attempt timeout, defaulted.
 func (s *WebhookEndpointSpec) GetTimeout() time.Duration {
 	return time.Duration(deref(s.TimeoutSeconds, DefaultTimeoutSeconds)) * time.Second
+}
+
+// GetSignatureScheme is the signature scheme, defaulted.
+func (s *WebhookEndpointSpec) GetSignatureScheme() SignatureScheme {
+	if s.SignatureScheme == "" {
+		return SignatureSchemeDocRouter
+	}
+	return s.SignatureScheme
+}
+
+// PreviousSigningKeyActive reports whether the previous signing secret still signs at now.
+func (s *WebhookEndpointSpec) PreviousSigningKeyActive(now time.Time) bool {
+	return s.PreviousSigningSecretRef != nil && s.PreviousSigningSecretExpiresAt != nil &&
+		now.Before(s.PreviousSigningSecretExpiresAt.Time)
 }
 
 // Subscribes reports whether the endpoint receives events of type eventType.

@@ -363,6 +363,15 @@ func (in *WebhookEndpointSpec) DeepCopyInto(out *WebhookEndpointSpec) {
 		*out = new(SecretKeyRef)
 		**out = **in
 	}
+	if in.PreviousSigningSecretRef != nil {
+		in, out := &in.PreviousSigningSecretRef, &out.PreviousSigningSecretRef
+		*out = new(SecretKeyRef)
+		**out = **in
+	}
+	if in.PreviousSigningSecretExpiresAt != nil {
+		in, out := &in.PreviousSigningSecretExpiresAt, &out.PreviousSigningSecretExpiresAt
+		*out = (*in).DeepCopy()
+	}
 	if in.AuthHeader != nil {
 		in, out := &in.AuthHeader, &out.AuthHeader
 		*out = new(AuthHeader)
