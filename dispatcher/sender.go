@@ -50,9 +50,8 @@ type Message struct {
 	EventID   string
 	EventType string
 	Attempt   int32
-	// Signing signs the request: its scheme and keys (the current one first). Without a key the
-	// request is not signed.
-	Signing Signing
+	// SigningKey signs the request with the product's scheme when non-empty.
+	SigningKey []byte
 	// Headers are extra static headers, such as an endpoint's auth header. They cannot replace
 	// the headers the sender sets itself.
 	Headers http.Header
@@ -196,7 +195,9 @@ func (s *Sender) Send(ctx context.Context, m Message) Result {
 	req.Header.Set(HeaderEventType, m.EventType)
 	req.Header.Set(HeaderAttempt, strconv.Itoa(int(m.Attempt)))
 	req.Header.Set(HeaderTimestamp, strconv.FormatInt(ts, 10))
-	m.Signing.apply(req.Header, m.EventID, ts, m.Body)
+	if len(m.SigningKey) > 0 {
+		req.Header.Set(HeaderSignature, Sign(m.SigningKey, ts, m.Body))
+	}
 
 	client, err := s.clientFor(m.CABundle)
 	if err != nil {
@@ -289,7 +290,12 @@ func unwrapURLError(err error) error {
 	return err
 }
 
-// ParseRetryAfter reads a Retry-After header: delay-seconds or an HTTP date.
+// MaxRetryAfter bounds what ParseRetryAfter returns; the controller caps it further at the
+// endpoint's retryPolicy.maxDelaySeconds.
+const MaxRetryAfter = 24 * time.Hour
+
+// ParseRetryAfter reads a Retry-After header: delay-seconds or an HTTP date. It returns 0 when
+// the header is absent, unparsable or in the past, and at most MaxRetryAfter.
 func ParseRetryAfter(v string, now time.Time) time.Duration {
 	v = strings.TrimSpace(v)
 	if v == "" {
@@ -299,10 +305,10 @@ func ParseRetryAfter(v string, now time.Time) time.Duration {
 		if secs <= 0 {
 			return 0
 		}
-		return time.Duration(min(secs, int64(24*time.Hour/time.Second))) * time.Second
+		return time.Duration(min(secs, int64(MaxRetryAfter/time.Second))) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
+		return min(t.Sub(now), MaxRetryAfter)
 	}
 	return 0
 }
