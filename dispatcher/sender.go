@@ -50,8 +50,9 @@ type Message struct {
 	EventID   string
 	EventType string
 	Attempt   int32
-	// SigningKey signs the request with the product's scheme when non-empty.
-	SigningKey []byte
+	// Signing signs the request: its scheme and keys (the current one first). Without a key the
+	// request is not signed.
+	Signing Signing
 	// Headers are extra static headers, such as an endpoint's auth header. They cannot replace
 	// the headers the sender sets itself.
 	Headers http.Header
@@ -195,9 +196,7 @@ func (s *Sender) Send(ctx context.Context, m Message) Result {
 	req.Header.Set(HeaderEventType, m.EventType)
 	req.Header.Set(HeaderAttempt, strconv.Itoa(int(m.Attempt)))
 	req.Header.Set(HeaderTimestamp, strconv.FormatInt(ts, 10))
-	if len(m.SigningKey) > 0 {
-		req.Header.Set(HeaderSignature, Sign(m.SigningKey, ts, m.Body))
-	}
+	m.Signing.apply(req.Header, m.EventID, ts, m.Body)
 
 	client, err := s.clientFor(m.CABundle)
 	if err != nil {
