@@ -55,6 +55,10 @@ controlplane: ## Build (or find in the cache) kube-apiserver and etcd; print the
 test: manifests generate fmt vet ## Run every test against a real kube-apiserver and etcd (builds them on first use).
 	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" go test $(GO_TEST_FLAGS) ./...
 
+.PHONY: bench
+bench: ## Measure throughput, latency, API writes, memory and isolation against a real API server (under 10 minutes); prints a table. See docs/benchmarks.md.
+	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" go test -tags bench -count=1 -timeout 15m -run '^TestBench$$' -v ./hack/bench/
+
 ##@ Build
 
 .PHONY: build
