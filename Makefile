@@ -55,6 +55,10 @@ controlplane: ## Build (or find in the cache) kube-apiserver and etcd; print the
 test: manifests generate fmt vet ## Run every test against a real kube-apiserver and etcd (builds them on first use).
 	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" go test $(GO_TEST_FLAGS) ./...
 
+.PHONY: test-faults
+test-faults: ## Fault tests on the operator process: SIGKILL mid-attempt, a 30 s API-server outage, leader handover, no credentials in logs, Events, status or metrics (about 5 minutes). See docs/faults.md.
+	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" FAULT_TESTS=1 go test $(GO_TEST_FLAGS) -timeout 20m -v ./test/faults/
+
 .PHONY: bench
 bench: ## Measure throughput, latency, API writes, memory and isolation against a real API server (under 10 minutes); prints a table. See docs/benchmarks.md.
 	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" go test -tags bench -count=1 -timeout 15m -run '^TestBench$$' -v ./hack/bench/

@@ -60,13 +60,16 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 
-	binary = filepath.Join(dir, "webhook-operator")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Dir = testenv.RepoRoot()
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building the operator:", err)
-		return 1
+	// FAULT_OPERATOR_BINARY runs a binary built elsewhere (such as a patched checkout).
+	if binary = os.Getenv("FAULT_OPERATOR_BINARY"); binary == "" {
+		binary = filepath.Join(dir, "webhook-operator")
+		build := exec.Command("go", "build", "-o", binary, ".")
+		build.Dir = testenv.RepoRoot()
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building the operator:", err)
+			return 1
+		}
 	}
 	if flags, err = managerFlags(binary); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -181,17 +184,10 @@ func baseArgs(t testing.TB) []string {
 // when the test ends.
 func startOperator(t testing.TB, name string, args ...string) *operator {
 	t.Helper()
-	op := &operator{name: name, out: &logBuffer{}, done: make(chan struct{}), at: time.Now()}
-	op.cmd = exec.Command(binary, append(baseArgs(t), args...)...)
-	op.cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	op.cmd.Stdout, op.cmd.Stderr = op.out, op.out
-	if err := op.cmd.Start(); err != nil {
+	op, err := spawn(name, append(baseArgs(t), args...))
+	if err != nil {
 		t.Fatalf("starting %s: %v", name, err)
 	}
-	go func() {
-		op.err = op.cmd.Wait()
-		close(op.done)
-	}()
 	t.Cleanup(func() {
 		op.kill()
 		if t.Failed() {
@@ -199,6 +195,22 @@ func startOperator(t testing.TB, name string, args ...string) *operator {
 		}
 	})
 	return op
+}
+
+// spawn starts the operator binary with args.
+func spawn(name string, args []string) (*operator, error) {
+	op := &operator{name: name, out: &logBuffer{}, done: make(chan struct{}), at: time.Now()}
+	op.cmd = exec.Command(binary, args...)
+	op.cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	op.cmd.Stdout, op.cmd.Stderr = op.out, op.out
+	if err := op.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		op.err = op.cmd.Wait()
+		close(op.done)
+	}()
+	return op, nil
 }
 
 // kill SIGKILLs the process and waits for it to be gone.
