@@ -83,6 +83,9 @@ func runManager(args []string) error {
 	fs.DurationVar(&opts.HealthUpdateInterval, "health-update-interval", opts.HealthUpdateInterval, "Least time between two writes of an endpoint's delivery health to its status.")
 	fs.DurationVar(&opts.SucceededRetention, "succeeded-retention", opts.SucceededRetention, "How long a Succeeded delivery is kept before it is deleted; 0 keeps it.")
 	fs.DurationVar(&opts.FailedRetention, "failed-retention", opts.FailedRetention, "How long a Failed delivery is kept before it is deleted; 0 keeps it.")
+	var allowCIDRs, denyCIDRs string
+	fs.StringVar(&allowCIDRs, "outbound-allow-cidrs", "", "Comma-separated CIDRs that webhooks may be sent to although the outbound address policy denies them by default (loopback, link-local, CGNAT...), such as 127.0.0.0/8,::1/128 for a local dev stack. See docs/security.md.")
+	fs.StringVar(&denyCIDRs, "outbound-deny-cidrs", "", "Comma-separated CIDRs that webhooks are never sent to, such as 10.0.0.0/8; wins over --outbound-allow-cidrs.")
 	intakeSrv := intake.Server{}
 	var intakeOpts intake.Options
 	fs.StringVar(&intakeSrv.Addr, "intake-bind-address", intake.DefaultBindAddress, "Address of the event intake (POST /v1/namespaces/NS/events), such as :8090; 0 disables it.")
@@ -95,6 +98,10 @@ func runManager(args []string) error {
 		return err
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	policy, err := outboundPolicy(allowCIDRs, denyCIDRs)
+	if err != nil {
+		return err
+	}
 
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
@@ -118,7 +125,7 @@ func runManager(args []string) error {
 		return err
 	}
 	ctx := ctrl.SetupSignalHandler()
-	if err := controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), opts, nil); err != nil {
+	if err := controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{DialContext: dispatcher.NewPolicyDialer(policy).DialContext}), opts, nil); err != nil {
 		return err
 	}
 	if intakeSrv.Addr != "0" {
@@ -136,4 +143,19 @@ func runManager(args []string) error {
 	}
 	ctrl.Log.Info("starting the webhook operator", "workers", opts.Workers, "maxInFlightPerEndpoint", opts.MaxInFlightPerEndpoint)
 	return mgr.Start(ctx)
+}
+
+// outboundPolicy is the outbound address policy of the manager flags: every connection a webhook
+// makes is checked against it on the IP actually dialled.
+func outboundPolicy(allow, deny string) (*dispatcher.AddressPolicy, error) {
+	a, err := dispatcher.ParseCIDRs(allow)
+	if err != nil {
+		return nil, fmt.Errorf("--outbound-allow-cidrs: %w", err)
+	}
+	d, err := dispatcher.ParseCIDRs(deny)
+	if err != nil {
+		return nil, fmt.Errorf("--outbound-deny-cidrs: %w", err)
+	}
+	ctrl.Log.Info("outbound address policy", "allowCIDRs", a, "denyCIDRs", d)
+	return &dispatcher.AddressPolicy{Allow: a, Deny: d}, nil
 }
