@@ -3,12 +3,13 @@
 # tells a user to: start `make dev` (hack/dev.sh), apply the samples, publish an event, watch
 # the deliveries succeed, watch the failing endpoint's delivery retry with growing waits and give
 # up, retry it by annotation, send a test event by annotation, wait for a condition, be refused
-# an invalid endpoint, then restart the stack and find the data still there.
+# an invalid endpoint; then stop the stack as Ctrl-C does and start it again (data still there), and
+# kill -9 it and start it again (the new one stops what the killed one left running).
 #
 # Every step is asserted: the script prints "ok N - what was checked" and exits non-zero at the
 # first failed check, after printing the objects and the logs. It stops everything it started,
 # also on failure or interruption. No TTY or stdin is needed; once the binaries are built (first
-# step, not timed) it takes about 75 seconds, and gives up after E2E_TIMEOUT seconds (default 230).
+# step, not timed) it takes about 90 seconds, and gives up after E2E_TIMEOUT seconds (default 230).
 #
 # It runs its own stack in .dev/e2e (wiped at the start) with its own API server ports, but the
 # intake (127.0.0.1:8090) and the receiver (127.0.0.1:9000) are the samples' addresses: stop a
@@ -269,3 +270,26 @@ ok "ports ${DEV_APISERVER_PORT}, ${DEV_ETCD_PORT}, ${DEV_PROBE_PORT}, 8090 and 9
 start_dev
 ok "a second make dev is up"
 expect "the deliveries survived the restart" "$(field "whd/${signed}" '{.status.phase} {.status.attempts}') $(field "whd/${failing}" '{.status.phase} {.status.attempts}')" "Succeeded 1 Failed 5"
+
+echo "# kill -9 make dev, then make dev again: it first stops what the killed one left running"
+cp "${root}/.dev/e2e-pids" "${root}/.dev/e2e-pids-killed"
+kill -KILL "${dev_pid}"
+wait "${dev_pid}" 2>/dev/null || true
+dev_pid=""
+# still_running FILE prints the recorded processes (but dev.sh) that still run their command.
+still_running() {
+  local name p args out=""
+  while read -r name p args; do
+    [[ "${name}" == "dev.sh" ]] && continue
+    [[ "$(ps -o args= -p "${p}" 2>/dev/null || true)" == "${args}" ]] && out+=" ${name}(${p})"
+  done <"$1"
+  echo "${out}"
+}
+orphans="$(still_running "${root}/.dev/e2e-pids-killed")"
+[[ -n "${orphans}" ]] || fail "kill -9 of make dev left nothing running: this check would prove nothing"
+ok "kill -9 of make dev left its components running:${orphans}"
+start_dev
+grep -q '^dev: stopping what a previous run left behind' "${dev_log}" || fail "make dev did not report stopping the previous run's processes"
+[[ -z "$(still_running "${root}/.dev/e2e-pids-killed")" ]] || fail "processes of the killed run still run: $(still_running "${root}/.dev/e2e-pids-killed")"
+ok "make dev after a kill -9 stopped the previous run's processes and came up"
+expect "the deliveries are still there" "$(field "whd/${signed}" '{.status.phase}') $(field "whd/${failing}" '{.status.phase}')" "Succeeded Failed"
