@@ -1,0 +1,524 @@
+// Package config holds the kustomize manifests. Its test renders config/default as
+// `kubectl apply -k config/default` would, and checks that the result is a complete, working
+// install: every kind present, every permission the controllers use granted to the
+// ServiceAccount that runs them, every flag the Deployment passes known to the binary, the
+// restricted security context, and alerts and dashboards that use real series.
+package config
+
+import (
+	"debug/elf"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
+
+	"github.com/docrouter/webhook-operator/internal/metrics"
+)
+
+const installNamespace = "docrouter-system"
+
+// object is one rendered manifest.
+type object struct {
+	Kind     string
+	Name     string
+	NS       string
+	YAML     []byte
+	Manifest map[string]any
+}
+
+// render builds a kustomization directory with the kustomize library.
+func render(t *testing.T, dir string) []object {
+	t.Helper()
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	m, err := k.Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	var objs []object
+	for _, r := range m.Resources() {
+		y, err := r.AsYAML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var man map[string]any
+		if err := yaml.Unmarshal(y, &man); err != nil {
+			t.Fatal(err)
+		}
+		objs = append(objs, object{Kind: r.GetKind(), Name: r.GetName(), NS: r.GetNamespace(), YAML: y, Manifest: man})
+	}
+	return objs
+}
+
+func decodeInto[T any](t *testing.T, o object) *T {
+	t.Helper()
+	v := new(T)
+	if err := yaml.UnmarshalStrict(o.YAML, v); err != nil {
+		t.Fatalf("%s %s: %v", o.Kind, o.Name, err)
+	}
+	return v
+}
+
+func ofKind(objs []object, kind string) []object {
+	var out []object
+	for _, o := range objs {
+		if o.Kind == kind {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func theDeployment(t *testing.T, objs []object) *appsv1.Deployment {
+	t.Helper()
+	deps := ofKind(objs, "Deployment")
+	if len(deps) != 1 {
+		t.Fatalf("want one Deployment, got %d", len(deps))
+	}
+	return decodeInto[appsv1.Deployment](t, deps[0])
+}
+
+func TestDefaultIsACompleteInstall(t *testing.T) {
+	objs := render(t, "default")
+	want := map[string]int{
+		"Namespace": 1, "CustomResourceDefinition": 2, "ServiceAccount": 1, "ClusterRole": 1,
+		"ClusterRoleBinding": 1, "Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 2,
+	}
+	for kind, n := range want {
+		if got := len(ofKind(objs, kind)); got < n {
+			t.Errorf("kind %s: want at least %d, got %d", kind, n, got)
+		}
+	}
+	for _, o := range objs {
+		switch o.Kind {
+		case "Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding":
+			if o.NS != "" {
+				t.Errorf("%s %s is cluster-scoped but has namespace %q", o.Kind, o.Name, o.NS)
+			}
+		default:
+			if o.NS != installNamespace {
+				t.Errorf("%s %s is in namespace %q, want %q", o.Kind, o.Name, o.NS, installNamespace)
+			}
+		}
+	}
+	if ns := ofKind(objs, "Namespace"); len(ns) != 1 || ns[0].Name != installNamespace {
+		t.Errorf("the install's Namespace is not %s: %v", installNamespace, ns)
+	}
+	crds := map[string]bool{}
+	for _, o := range ofKind(objs, "CustomResourceDefinition") {
+		crds[o.Name] = true
+	}
+	for _, name := range []string{"webhookendpoints.webhooks.docrouter.ai", "webhookdeliveries.webhooks.docrouter.ai"} {
+		if !crds[name] {
+			t.Errorf("CRD %s missing", name)
+		}
+	}
+
+	d := theDeployment(t, objs)
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
+		t.Errorf("replicas: want 2, got %v", d.Spec.Replicas)
+	}
+	if !slices.Contains(d.Spec.Template.Spec.Containers[0].Args, "--leader-elect") {
+		t.Errorf("two replicas need --leader-elect: args %v", d.Spec.Template.Spec.Containers[0].Args)
+	}
+}
+
+// A rule as a set of (group, resource, verb) grants, or (URL, verb) for non-resource rules.
+type grant struct{ group, resource, verb string }
+
+func grants(rules []rbacv1.PolicyRule) map[grant]bool {
+	out := map[grant]bool{}
+	for _, r := range rules {
+		for _, v := range r.Verbs {
+			for _, u := range r.NonResourceURLs {
+				out[grant{"", "url:" + u, v}] = true
+			}
+			for _, g := range r.APIGroups {
+				for _, res := range r.Resources {
+					out[grant{g, res, v}] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
+func covers(have map[grant]bool, g grant) bool {
+	for _, cand := range []grant{g, {g.group, g.resource, "*"}, {g.group, "*", g.verb}, {"*", "*", "*"}} {
+		if have[cand] {
+			return true
+		}
+	}
+	return false
+}
+
+// Every permission that the controllers' RBAC markers ask for (config/rbac/role.yaml, which
+// controller-gen generates) is bound to the ServiceAccount that runs the Deployment, and so are
+// leader election and the metrics endpoint's authentication.
+func TestServiceAccountHoldsEveryPermissionTheControllersUse(t *testing.T) {
+	objs := render(t, "default")
+	d := theDeployment(t, objs)
+	sa := d.Spec.Template.Spec.ServiceAccountName
+	if sa == "" || sa == "default" {
+		t.Fatalf("the Deployment runs as ServiceAccount %q; want its own", sa)
+	}
+	found := false
+	for _, o := range ofKind(objs, "ServiceAccount") {
+		found = found || (o.Name == sa && o.NS == d.Namespace)
+	}
+	if !found {
+		t.Fatalf("ServiceAccount %s/%s is not part of the install", d.Namespace, sa)
+	}
+	isSubject := func(subjects []rbacv1.Subject) bool {
+		for _, s := range subjects {
+			if s.Kind == "ServiceAccount" && s.Name == sa && s.Namespace == d.Namespace {
+				return true
+			}
+		}
+		return false
+	}
+	clusterRoles := map[string][]rbacv1.PolicyRule{}
+	for _, o := range ofKind(objs, "ClusterRole") {
+		clusterRoles[o.Name] = decodeInto[rbacv1.ClusterRole](t, o).Rules
+	}
+	roles := map[string][]rbacv1.PolicyRule{}
+	for _, o := range ofKind(objs, "Role") {
+		roles[o.Name] = decodeInto[rbacv1.Role](t, o).Rules
+	}
+	cluster := map[grant]bool{}
+	for _, o := range ofKind(objs, "ClusterRoleBinding") {
+		b := decodeInto[rbacv1.ClusterRoleBinding](t, o)
+		if isSubject(b.Subjects) {
+			rules, ok := clusterRoles[b.RoleRef.Name]
+			if !ok {
+				t.Errorf("ClusterRoleBinding %s refers to ClusterRole %s, which the install lacks", b.Name, b.RoleRef.Name)
+			}
+			for g := range grants(rules) {
+				cluster[g] = true
+			}
+		}
+	}
+	inNamespace := map[grant]bool{}
+	for _, o := range ofKind(objs, "RoleBinding") {
+		b := decodeInto[rbacv1.RoleBinding](t, o)
+		if isSubject(b.Subjects) && b.Namespace == d.Namespace {
+			rules, ok := roles[b.RoleRef.Name]
+			if b.RoleRef.Kind == "ClusterRole" {
+				rules, ok = clusterRoles[b.RoleRef.Name]
+			}
+			if !ok {
+				t.Errorf("RoleBinding %s refers to %s %s, which the install lacks", b.Name, b.RoleRef.Kind, b.RoleRef.Name)
+			}
+			for g := range grants(rules) {
+				inNamespace[g] = true
+			}
+		}
+	}
+
+	generated, err := os.ReadFile(filepath.Join("rbac", "role.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var role rbacv1.ClusterRole
+	if err := yaml.Unmarshal(generated, &role); err != nil {
+		t.Fatal(err)
+	}
+	needed := grants(role.Rules)
+	if len(needed) < 10 {
+		t.Fatalf("config/rbac/role.yaml grants only %d permissions: is it generated?", len(needed))
+	}
+	for g := range needed {
+		if !covers(cluster, g) {
+			t.Errorf("the controllers need %s %s/%s cluster-wide, but ServiceAccount %s is not granted it", g.verb, g.group, g.resource, sa)
+		}
+	}
+	for _, g := range []grant{
+		{"authentication.k8s.io", "tokenreviews", "create"}, {"authorization.k8s.io", "subjectaccessreviews", "create"},
+	} {
+		if !covers(cluster, g) {
+			t.Errorf("the metrics endpoint needs %s %s/%s", g.verb, g.group, g.resource)
+		}
+	}
+	for _, verb := range []string{"get", "create", "update"} {
+		if g := (grant{"coordination.k8s.io", "leases", verb}); !covers(inNamespace, g) && !covers(cluster, g) {
+			t.Errorf("leader election needs %s leases in %s", verb, d.Namespace)
+		}
+	}
+	if covers(cluster, grant{"", "secrets", "list"}) || covers(cluster, grant{"", "secrets", "watch"}) {
+		t.Errorf("the operator must not list or watch every Secret of the cluster")
+	}
+	// A scraper gets /metrics through the metrics-reader role.
+	if !covers(grants(clusterRoles["webhook-operator-metrics-reader"]), grant{"", "url:/metrics", "get"}) {
+		t.Errorf("ClusterRole webhook-operator-metrics-reader must grant get /metrics")
+	}
+}
+
+// buildFlags reads the `go build` line of the Dockerfile: the environment and the flags
+// before -o, so that the test builds the binary exactly as the image does.
+func buildFlags(t *testing.T) (env, flags []string) {
+	t.Helper()
+	df, err := os.ReadFile(filepath.Join("..", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(df), "\n") {
+		cmd, ok := strings.CutPrefix(line, "RUN ")
+		if !ok || !strings.Contains(cmd, " go build ") {
+			continue
+		}
+		before, after, _ := strings.Cut(cmd, " go build ")
+		for _, kv := range strings.Fields(before) {
+			if !strings.Contains(kv, "${") { // GOOS/GOARCH come from the build platform
+				env = append(env, kv)
+			}
+		}
+		after, _, _ = strings.Cut(after, " -o ")
+		// Split on spaces outside double quotes.
+		var cur strings.Builder
+		quoted := false
+		for _, r := range after + " " {
+			switch {
+			case r == '"':
+				quoted = !quoted
+			case r == ' ' && !quoted:
+				if cur.Len() > 0 {
+					flags = append(flags, cur.String())
+					cur.Reset()
+				}
+			default:
+				cur.WriteRune(r)
+			}
+		}
+		return env, flags
+	}
+	t.Fatal("the Dockerfile has no `RUN ... go build` line")
+	return nil, nil
+}
+
+// The binary, built as the Dockerfile builds it, is static (it runs on distroless/static), and
+// knows every flag the Deployment passes to it.
+func TestImageBinaryIsStaticAndKnowsTheDeploymentFlags(t *testing.T) {
+	env, flags := buildFlags(t)
+	for _, want := range []string{"CGO_ENABLED=0"} {
+		if !slices.Contains(env, want) {
+			t.Errorf("the Dockerfile builds without %s", want)
+		}
+	}
+	for _, want := range []string{"-trimpath", "-ldflags", "-s -w"} {
+		if !slices.Contains(flags, want) {
+			t.Errorf("the Dockerfile builds without %s: %v", want, flags)
+		}
+	}
+	bin := filepath.Join(t.TempDir(), "webhook-operator")
+	cmd := exec.Command("go", append(append([]string{"build"}, flags...), "-o", bin, ".")...)
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %v: %v\n%s", flags, err, out)
+	}
+
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Errorf("the binary has a dynamic loader (PT_INTERP): it is not static")
+		}
+	}
+	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
+		t.Errorf("the binary links shared libraries %v", libs)
+	}
+	if f.Section(".symtab") != nil {
+		t.Errorf("the binary keeps its symbol table: -ldflags \"-s -w\" was not applied")
+	}
+
+	// `manager -h` lists the flags; flag prints usage on stderr and exits 0.
+	out, _ := exec.Command(bin, "manager", "-h").CombinedOutput()
+	known := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^  -([a-z0-9-]+)`).FindAllStringSubmatch(string(out), -1) {
+		known[m[1]] = true
+	}
+	if len(known) < 10 || !known["leader-elect"] {
+		t.Fatalf("could not read the flags from `manager -h`:\n%s", out)
+	}
+
+	d := theDeployment(t, render(t, "default"))
+	args := d.Spec.Template.Spec.Containers[0].Args
+	if len(args) == 0 || args[0] != "manager" {
+		t.Fatalf("the Deployment's first argument must be the manager subcommand: %v", args)
+	}
+	for _, a := range args[1:] {
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || !known[name] {
+			t.Errorf("the Deployment passes %q, which `webhook-operator manager` does not know", a)
+		}
+	}
+	for _, want := range []string{"--leader-elect", "--metrics-bind-address=:8443", "--health-probe-bind-address=:8081", "--intake-bind-address=0.0.0.0:8090"} {
+		if !slices.Contains(args, want) {
+			t.Errorf("the Deployment does not pass %s: %v", want, args)
+		}
+	}
+}
+
+func TestDeploymentRunsRestrictedWithProbesAndResources(t *testing.T) {
+	objs := render(t, "default")
+	d := theDeployment(t, objs)
+	pod := d.Spec.Template.Spec
+	if len(pod.Containers) != 1 {
+		t.Fatalf("want one container, got %d", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	psc, sc := pod.SecurityContext, c.SecurityContext
+	if psc == nil || sc == nil {
+		t.Fatal("the pod and the container need a security context")
+	}
+	check := func(ok bool, what string) {
+		if !ok {
+			t.Errorf("security context: %s", what)
+		}
+	}
+	check(psc.RunAsNonRoot != nil && *psc.RunAsNonRoot, "pod runAsNonRoot")
+	check(sc.RunAsNonRoot != nil && *sc.RunAsNonRoot, "container runAsNonRoot")
+	check(psc.RunAsUser != nil && *psc.RunAsUser == 65532, "runAsUser 65532 (distroless nonroot)")
+	check(sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem, "readOnlyRootFilesystem")
+	check(sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation, "allowPrivilegeEscalation false")
+	check(sc.Capabilities != nil && slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) && len(sc.Capabilities.Add) == 0, "drop ALL capabilities, add none")
+	check(psc.SeccompProfile != nil && psc.SeccompProfile.Type == corev1.SeccompProfileTypeRuntimeDefault, "pod seccomp RuntimeDefault")
+	check(sc.SeccompProfile != nil && sc.SeccompProfile.Type == corev1.SeccompProfileTypeRuntimeDefault, "container seccomp RuntimeDefault")
+
+	probe := func(p *corev1.Probe, path string) {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != path || p.HTTPGet.Port.IntValue() != 8081 {
+			t.Errorf("want an HTTP probe of %s on :8081, got %+v", path, p)
+		}
+	}
+	probe(c.LivenessProbe, "/healthz")
+	probe(c.ReadinessProbe, "/readyz")
+	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		if _, ok := c.Resources.Requests[r]; !ok {
+			t.Errorf("no %s request", r)
+		}
+		if _, ok := c.Resources.Limits[corev1.ResourceMemory]; !ok {
+			t.Errorf("no memory limit")
+		}
+	}
+
+	// Both Services select the Deployment's pods and reach a port the container declares.
+	ports := map[int32]bool{}
+	for _, p := range c.Ports {
+		ports[p.ContainerPort] = true
+	}
+	services := map[int32]bool{}
+	for _, o := range ofKind(objs, "Service") {
+		s := decodeInto[corev1.Service](t, o)
+		for k, v := range s.Spec.Selector {
+			if d.Spec.Template.Labels[k] != v {
+				t.Errorf("Service %s selects %s=%s, which the pods do not carry", s.Name, k, v)
+			}
+		}
+		for _, p := range s.Spec.Ports {
+			services[p.Port] = true
+			if !ports[int32(p.TargetPort.IntValue())] {
+				t.Errorf("Service %s targets port %s, which the container does not declare", s.Name, p.TargetPort.String())
+			}
+		}
+	}
+	if !services[8443] || !services[8090] {
+		t.Errorf("want a metrics Service on 8443 and an intake Service on 8090, got ports %v", services)
+	}
+}
+
+var seriesName = regexp.MustCompile(`docrouter_[a-z_]+`)
+
+// exported reports whether name is a series the operator exports (a histogram's too).
+func exported(name string) bool {
+	for _, suffix := range []string{"_bucket", "_sum", "_count", ""} {
+		if base, ok := strings.CutSuffix(name, suffix); ok && slices.Contains(metrics.Names(), base) {
+			return true
+		}
+	}
+	return false
+}
+
+// The sample alerts and the dashboard parse, and use only series the operator exports.
+func TestAlertsAndDashboardUseExportedSeries(t *testing.T) {
+	objs := render(t, "prometheus")
+	rules := ofKind(objs, "PrometheusRule")
+	if len(rules) != 1 || len(ofKind(objs, "ServiceMonitor")) != 1 {
+		t.Fatalf("want a PrometheusRule and a ServiceMonitor, got %d and %d", len(rules), len(ofKind(objs, "ServiceMonitor")))
+	}
+	var rule struct {
+		Spec struct {
+			Groups []struct {
+				Rules []struct {
+					Alert, Expr string
+				}
+			}
+		}
+	}
+	if err := yaml.Unmarshal(rules[0].YAML, &rule); err != nil {
+		t.Fatal(err)
+	}
+	alerts := map[string]bool{}
+	for _, g := range rule.Spec.Groups {
+		for _, r := range g.Rules {
+			alerts[r.Alert] = true
+			names := seriesName.FindAllString(r.Expr, -1)
+			if len(names) == 0 {
+				t.Errorf("alert %s uses no operator series: %s", r.Alert, r.Expr)
+			}
+			for _, n := range names {
+				if !exported(n) {
+					t.Errorf("alert %s uses %s, which the operator does not export", r.Alert, n)
+				}
+			}
+		}
+	}
+	for _, want := range []string{"DocRouterWebhookEndpointFailing", "DocRouterWebhookBacklogGrowing"} {
+		if !alerts[want] {
+			t.Errorf("alert %s missing", want)
+		}
+	}
+
+	raw, err := os.ReadFile(filepath.Join("grafana", "dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Title  string
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatalf("dashboard.json: %v", err)
+	}
+	used := map[string]bool{}
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			for _, n := range seriesName.FindAllString(tg.Expr, -1) {
+				if !exported(n) {
+					t.Errorf("panel %q uses %s, which the operator does not export", p.Title, n)
+				}
+				used[strings.TrimSuffix(n, "_bucket")] = true
+			}
+		}
+	}
+	for _, n := range metrics.Names() {
+		if !used[n] && n != metrics.DeliveriesRetriedName {
+			t.Errorf("the dashboard shows no panel of %s", n)
+		}
+	}
+}
