@@ -43,7 +43,7 @@ var signingKey = []byte("whsec-intake-test-key")
 
 // startIntake runs a namespace-scoped manager (with the controllers when deliver is true, so
 // that deliveries are sent) and serves the intake handler on a loopback HTTP server.
-func startIntake(t *testing.T, ns string, opts intake.Options, deliver bool) string {
+func startIntake(t testing.TB, ns string, opts intake.Options, deliver bool) string {
 	t.Helper()
 	var h *intake.Handler
 	env.StartManager(t, env.ManagerOptions(ns), func(ctx context.Context, mgr ctrl.Manager) error {
@@ -89,7 +89,7 @@ func publisher(t *testing.T, ns, name string, grant bool) string {
 	return tr.Status.Token
 }
 
-func create(t *testing.T, objs ...client.Object) {
+func create(t testing.TB, objs ...client.Object) {
 	t.Helper()
 	for _, o := range objs {
 		if err := env.Client.Create(context.Background(), o); err != nil {
@@ -99,7 +99,7 @@ func create(t *testing.T, objs ...client.Object) {
 }
 
 // endpoint creates a WebhookEndpoint to url subscribed to types, signing with signingKey.
-func endpoint(t *testing.T, ns, name, url string, types ...string) {
+func endpoint(t testing.TB, ns, name, url string, types ...string) {
 	t.Helper()
 	create(t, &webhooksv1alpha1.WebhookEndpoint{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
