@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
@@ -111,7 +112,7 @@ func runManager(args []string) error {
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,
-		Metrics:                 metricsserver.Options{BindAddress: metricsAddr, SecureServing: metricsAddr != "0"},
+		Metrics:                 metricsOptions(metricsAddr),
 		HealthProbeBindAddress:  probeAddr,
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "webhook-operator.webhooks.docrouter.ai",
@@ -143,6 +144,17 @@ func runManager(args []string) error {
 	}
 	ctrl.Log.Info("starting the webhook operator", "workers", opts.Workers, "maxInFlightPerEndpoint", opts.MaxInFlightPerEndpoint)
 	return mgr.Start(ctx)
+}
+
+// metricsOptions serves the metrics over HTTPS, as kubebuilder projects do: each scrape is
+// authenticated (TokenReview) and authorized (SubjectAccessReview for GET /metrics), so only a
+// scraper bound to the metrics-reader ClusterRole reads them. The certificate is self-signed
+// unless one is mounted; Prometheus scrapes it with insecure_skip_verify or the mounted CA.
+func metricsOptions(addr string) metricsserver.Options {
+	if addr == "0" {
+		return metricsserver.Options{BindAddress: "0"}
+	}
+	return metricsserver.Options{BindAddress: addr, SecureServing: true, FilterProvider: filters.WithAuthenticationAndAuthorization}
 }
 
 // outboundPolicy is the outbound address policy of the manager flags: every connection a webhook

@@ -192,7 +192,9 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 	}
 
 	started := r.Clock.Now()
+	observed := observeAttempt(d, manual, started)
 	res := r.Sender.Send(ctx, msg)
+	observed(res)
 	now := r.Clock.Now()
 
 	d.Status.Attempts = number
@@ -273,6 +275,7 @@ func describe(res dispatcher.Result) string {
 
 // finish marks a delivery Succeeded or Failed.
 func (r *WebhookDeliveryReconciler) finish(d *webhooksv1alpha1.WebhookDelivery, phase webhooksv1alpha1.DeliveryPhase, reason, message string) {
+	observeFinished(d.Namespace, d.Status.Phase, phase)
 	d.Status.Phase = phase
 	d.Status.NextAttemptTime = nil
 	d.Status.CompletionTime = &metav1.Time{Time: r.Clock.Now()}
@@ -411,6 +414,9 @@ func (r *WebhookDeliveryReconciler) deliveriesOf(ctx context.Context, ep *webhoo
 // changes (the retry annotation) do, besides the schedule's RequeueAfter.
 func (r *WebhookDeliveryReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
 	r.apiReader = mgr.GetAPIReader()
+	if err := mgr.Add(pendingReporter{reader: mgr.GetCache()}); err != nil {
+		return err
+	}
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &webhooksv1alpha1.WebhookDelivery{}, endpointRefIndex,
 		func(o client.Object) []string {
 			return []string{o.(*webhooksv1alpha1.WebhookDelivery).Spec.EndpointRef.Name}
