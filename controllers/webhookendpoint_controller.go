@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"sync"
@@ -31,6 +32,8 @@ const (
 	ReasonPaused     = "Paused"
 	ReasonInvalidURL = "InvalidURL"
 	ReasonTestSent   = "TestDeliveryCreated"
+	// ReasonRetryingFailed is the Event of the retry-failed annotation.
+	ReasonRetryingFailed = "RetryingFailed"
 )
 
 // WebhookEndpointReconciler reports whether an endpoint can be delivered to, turns the test
@@ -50,7 +53,7 @@ type WebhookEndpointReconciler struct {
 
 // +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookendpoints,verbs=get;list;watch
 // +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookendpoints/status,verbs=get;patch
-// +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookdeliveries,verbs=create
+// +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookdeliveries,verbs=create;list;watch;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -76,6 +79,9 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}()
 
 	if err := r.sendTest(ctx, ep); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.retryFailed(ctx, ep); err != nil {
 		return ctrl.Result{}, err
 	}
 	requeue := r.copyHealth(ep)
@@ -136,6 +142,47 @@ func (r *WebhookEndpointReconciler) sendTest(ctx context.Context, ep *webhooksv1
 	}
 	ep.Status.LastTestToken = token
 	r.Recorder.Eventf(ep, d, "Normal", ReasonTestSent, "Test", "created test delivery %s", d.Name)
+	return nil
+}
+
+// retryFailed gives every Failed delivery of the endpoint one new attempt per value of the
+// retry-failed annotation, by setting the delivery's own retry annotation to the same value
+// (a merge patch of metadata only, so it cannot collide with a status write). A delivery that
+// already carries the value is skipped, so a reconcile repeated after a failure patches only
+// the rest.
+func (r *WebhookEndpointReconciler) retryFailed(ctx context.Context, ep *webhooksv1alpha1.WebhookEndpoint) error {
+	token := ep.Annotations[webhooksv1alpha1.RetryFailedAnnotation]
+	if token == "" || token == ep.Status.LastRetryFailedToken {
+		return nil
+	}
+	var list webhooksv1alpha1.WebhookDeliveryList
+	if err := r.List(ctx, &list, client.InNamespace(ep.Namespace),
+		client.MatchingLabels{webhooksv1alpha1.EndpointLabel: ep.Name}); err != nil {
+		return err
+	}
+	retried := 0
+	for i := range list.Items {
+		d := &list.Items[i]
+		if d.Status.Phase != webhooksv1alpha1.PhaseFailed || d.Annotations[webhooksv1alpha1.RetryAnnotation] == token {
+			continue
+		}
+		patch := &webhooksv1alpha1.WebhookDelivery{}
+		patch.Namespace, patch.Name = d.Namespace, d.Name
+		data, err := json.Marshal(map[string]any{"metadata": map[string]any{
+			"annotations": map[string]string{webhooksv1alpha1.RetryAnnotation: token}}})
+		if err != nil {
+			return err
+		}
+		if err := r.Patch(ctx, patch, client.RawPatch(types.MergePatchType, data)); client.IgnoreNotFound(err) != nil {
+			return err
+		}
+		retried++
+	}
+	observeBulkRetried(ep.Namespace, retried)
+	ep.Status.LastRetryFailedToken = token
+	ctrl.LoggerFrom(ctx).Info("retrying the endpoint's failed deliveries", "count", retried)
+	r.Recorder.Eventf(ep, nil, "Normal", ReasonRetryingFailed, "RetryFailed",
+		"retrying %d failed deliveries (%s=%s)", retried, webhooksv1alpha1.RetryFailedAnnotation, token)
 	return nil
 }
 

@@ -7,6 +7,11 @@ const (
 	//   kubectl annotate webhookdelivery NAME webhooks.docrouter.ai/retry=$(date +%s) --overwrite
 	RetryAnnotation = "webhooks.docrouter.ai/retry"
 
+	// RetryFailedAnnotation on a WebhookEndpoint retries every Failed delivery of the endpoint
+	// once per value, by setting RetryAnnotation to the same value on each:
+	//   kubectl annotate webhookendpoint NAME webhooks.docrouter.ai/retry-failed=$(date +%s) --overwrite
+	RetryFailedAnnotation = "webhooks.docrouter.ai/retry-failed"
+
 	// TestAnnotation on a WebhookEndpoint creates one webhook.test delivery for it, once per value.
 	TestAnnotation = "webhooks.docrouter.ai/test"
 

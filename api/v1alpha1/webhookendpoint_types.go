@@ -195,6 +195,12 @@ type WebhookEndpointStatus struct {
 	// turned into a webhook.test delivery.
 	// +optional
 	LastTestToken string `json:"lastTestToken,omitempty"`
+
+	// lastRetryFailedToken is the last value of the webhooks.docrouter.ai/retry-failed
+	// annotation whose retries were requested: every delivery of the endpoint that was Failed
+	// then got the retry annotation with this value.
+	// +optional
+	LastRetryFailedToken string `json:"lastRetryFailedToken,omitempty"`
 }
 
 // WebhookEndpoint is a receiver of DocRouter webhooks: a URL, the event types it subscribes to,
