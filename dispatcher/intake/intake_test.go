@@ -62,7 +62,7 @@ func startIntake(t testing.TB, ns string, opts intake.Options, deliver bool) str
 
 // publisher creates a ServiceAccount and returns a token of it from the TokenRequest API. When
 // grant is true, a Role and RoleBinding let it publish (create webhookevents) in ns.
-func publisher(t *testing.T, ns, name string, grant bool) string {
+func publisher(t testing.TB, ns, name string, grant bool) string {
 	t.Helper()
 	ctx := context.Background()
 	create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
