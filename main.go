@@ -6,6 +6,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -13,7 +14,10 @@ import (
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/discovery"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -110,6 +114,14 @@ func runManager(args []string) error {
 	}
 	cfg.QPS, cfg.Burst = float32(qps), burst
 
+	// Wait for the API server instead of exiting: a replica (re)started during an API-server
+	// outage would otherwise crash-loop, and the kubelet's back-off would delay deliveries by up
+	// to five minutes after the API server is back.
+	ctx := ctrl.SetupSignalHandler()
+	if err := waitForAPIServer(ctx, cfg); err != nil {
+		return err
+	}
+
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsOptions(metricsAddr),
@@ -125,7 +137,6 @@ func runManager(args []string) error {
 	if err != nil {
 		return err
 	}
-	ctx := ctrl.SetupSignalHandler()
 	if err := controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{DialContext: dispatcher.NewPolicyDialer(policy).DialContext}), opts, nil); err != nil {
 		return err
 	}
@@ -170,4 +181,22 @@ func outboundPolicy(allow, deny string) (*dispatcher.AddressPolicy, error) {
 	}
 	ctrl.Log.Info("outbound address policy", "allowCIDRs", a, "denyCIDRs", d)
 	return &dispatcher.AddressPolicy{Allow: a, Deny: d}, nil
+}
+
+// waitForAPIServer polls until the API server serves the operator's API group (its CRDs are
+// established), logging once while it waits.
+func waitForAPIServer(ctx context.Context, cfg *rest.Config) error {
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	logged := false
+	return wait.PollUntilContextCancel(ctx, time.Second, true, func(context.Context) (bool, error) {
+		_, err := dc.ServerResourcesForGroupVersion(webhooksv1alpha1.GroupVersion.String())
+		if err != nil && !logged {
+			ctrl.Log.Info("waiting for the API server to serve the webhook kinds", "error", err.Error())
+			logged = true
+		}
+		return err == nil, nil
+	})
 }
