@@ -88,7 +88,8 @@ receiver_printed() { grep -qE -- "$1" "${dev_dir}/logs/receiver.log"; }
 epoch() { date -u -d "$1" +%s; }
 
 start_dev() {
-  hack/dev.sh >"${dev_log}" 2>&1 </dev/null &
+  : >"${dev_log}" # now, not in the background job: the previous run's log must not be read as this one's
+  hack/dev.sh >>"${dev_log}" 2>&1 </dev/null &
   dev_pid=$!
   local i
   for ((i = 0; ; i++)); do
