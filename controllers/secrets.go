@@ -40,6 +40,8 @@ type credentials struct {
 	signing         dispatcher.Signing
 	authHeaderName  string
 	authHeaderValue string
+	// caBundle is the PEM CA certificates of spec.caBundleRef (public, but not logged either).
+	caBundle []byte
 }
 
 // secretReader reads the Secrets that endpoints refer to, one GET each, through the API reader
@@ -92,7 +94,59 @@ func (s *secretReader) resolve(ctx context.Context, ep *webhooksv1alpha1.Webhook
 		}
 		creds.authHeaderName, creds.authHeaderValue = h.Name, string(v)
 	}
+	if ref := ep.Spec.CABundleRef; ref != nil {
+		v, err := s.caBundle(ctx, ep.Namespace, *ref)
+		if err != nil {
+			return creds, err
+		}
+		creds.caBundle = v
+	}
 	return creds, nil
+}
+
+// ReasonCABundleNotFound is a spec.caBundleRef ConfigMap, or its key, that does not exist.
+const ReasonCABundleNotFound = "CABundleNotFound"
+
+// caBundle reads spec.caBundleRef from a Secret or a ConfigMap (data or binaryData) of the
+// endpoint's namespace. ConfigMap reads share the Secret reads' cache and ttl.
+func (s *secretReader) caBundle(ctx context.Context, namespace string, ref webhooksv1alpha1.CABundleRef) ([]byte, error) {
+	const field = "spec.caBundleRef"
+	if ref.Kind != "ConfigMap" {
+		return s.value(ctx, namespace, webhooksv1alpha1.SecretKeyRef{Name: ref.Name, Key: ref.Key}, field)
+	}
+	// ':' cannot occur in an object name, so these keys never meet a Secret's.
+	key := types.NamespacedName{Namespace: namespace, Name: "configmap:" + ref.Name}
+	now := s.now()
+	s.mu.Lock()
+	e, ok := s.entries[key]
+	s.mu.Unlock()
+	if !ok || now.Sub(e.fetched) >= s.ttl {
+		cm := &corev1.ConfigMap{}
+		err := s.reader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: ref.Name}, cm)
+		if err != nil && !apierrors.IsNotFound(err) {
+			return nil, err
+		}
+		data := map[string][]byte{}
+		for k, v := range cm.BinaryData {
+			data[k] = v
+		}
+		for k, v := range cm.Data {
+			data[k] = []byte(v)
+		}
+		e = secretEntry{data: data, err: err, fetched: now}
+		s.mu.Lock()
+		s.entries[key] = e
+		s.mu.Unlock()
+	}
+	if apierrors.IsNotFound(e.err) {
+		return nil, &credentialError{reason: ReasonCABundleNotFound,
+			message: fmt.Sprintf("%s: ConfigMap %q not found in namespace %q", field, ref.Name, namespace)}
+	}
+	if v := e.data[ref.Key]; len(v) > 0 {
+		return v, nil
+	}
+	return nil, &credentialError{reason: ReasonCABundleNotFound,
+		message: fmt.Sprintf("%s: ConfigMap %q has no key %q (or it is empty)", field, ref.Name, ref.Key)}
 }
 
 // signingKey reads a signing key and decodes it as scheme requires: the Secret's raw bytes for

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -35,6 +36,9 @@ const (
 	ReasonInvalidEvent      = "InvalidEvent"
 	ReasonEndpointFailing   = "EndpointFailing"
 	ReasonEndpointRecovered = "EndpointRecovered"
+	// ReasonEndpointGone: the receiver answered 410 Gone. The delivery fails at once, without
+	// retries, and the endpoint gets a Warning Event (see docs/security.md).
+	ReasonEndpointGone = "EndpointGone"
 )
 
 // endpointRefIndex indexes deliveries by the endpoint they are for.
@@ -63,6 +67,7 @@ type WebhookDeliveryReconciler struct {
 // +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookdeliveries/status,verbs=get;patch
 // +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookendpoints,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile delivers one delivery, or waits for it to be due.
@@ -186,6 +191,7 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 		Attempt:   number,
 		Signing:   creds.signing,
 		Timeout:   ep.Spec.GetTimeout(),
+		CABundle:  creds.caBundle,
 	}
 	if creds.authHeaderName != "" {
 		msg.Headers = map[string][]string{creds.authHeaderName: {creds.authHeaderValue}}
@@ -227,6 +233,17 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 		if number > 1 {
 			r.Recorder.Eventf(d, ep, "Normal", ReasonDelivered, "Deliver", "delivered at attempt %d after earlier failures", number)
 		}
+		return r.expiry(d, now), nil
+
+	case res.StatusCode == http.StatusGone:
+		// 410 is the receiver saying the URL is gone for good: retrying cannot succeed. The note
+		// is the same for every delivery, so the recorder folds repeats into one Event's series.
+		r.Recorder.Eventf(ep, nil, "Warning", ReasonEndpointGone, "Deliver",
+			"the receiver answered 410 Gone: deliveries to this endpoint fail at once, without retries; fix spec.url, or pause or delete the endpoint")
+		msg := fmt.Sprintf("attempt %d: the receiver answered 410 Gone, so the delivery is not retried; once the endpoint is fixed, retry with the %s annotation",
+			number, webhooksv1alpha1.RetryAnnotation)
+		r.finish(d, webhooksv1alpha1.PhaseFailed, ReasonEndpointGone, msg)
+		log.Info("delivery failed: the receiver answered 410 Gone", "attempt", number)
 		return r.expiry(d, now), nil
 
 	case (manual && wasFinished) || policy.Exhausted(number):

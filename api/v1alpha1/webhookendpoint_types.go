@@ -78,6 +78,13 @@ type WebhookEndpointSpec struct {
 	// +optional
 	AuthHeader *AuthHeader `json:"authHeader,omitempty"`
 
+	// caBundleRef selects PEM-encoded CA certificates in a Secret or ConfigMap of this
+	// namespace. When set, the receiver's certificate must chain to these certificates instead
+	// of the operator's system roots: use it for a receiver with a private CA. TLS 1.2 is the
+	// minimum either way.
+	// +optional
+	CABundleRef *CABundleRef `json:"caBundleRef,omitempty"`
+
 	// allowInsecureHTTP accepts a plain http:// url. Defaults to false: the product sends over HTTPS.
 	// +optional
 	AllowInsecureHTTP bool `json:"allowInsecureHTTP,omitempty"`
@@ -110,6 +117,28 @@ const (
 	// HMAC-SHA256 of "<webhook-id>.<webhook-timestamp>.<body>">.
 	SignatureSchemeStandardWebhooks SignatureScheme = "StandardWebhooks"
 )
+
+// CABundleRef selects a key of a Secret or ConfigMap in the endpoint's own namespace. There is
+// deliberately no namespace field.
+type CABundleRef struct {
+	// kind of the object that holds the bundle: Secret or ConfigMap.
+	// +required
+	// +kubebuilder:validation:Enum=Secret;ConfigMap
+	Kind string `json:"kind"`
+
+	// name of the Secret or ConfigMap, in the endpoint's namespace.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// key that holds the PEM certificates, such as ca.crt.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key"`
+}
 
 // AuthHeader is a static HTTP header whose value comes from a Secret.
 // +kubebuilder:validation:XValidation:rule="!(self.name.lowerAscii() in ['host', 'content-type', 'content-length', 'transfer-encoding', 'connection', 'user-agent']) && !self.name.lowerAscii().startsWith('x-docrouter-') && !self.name.lowerAscii().startsWith('webhook-')",message="spec.authHeader.name must not be a header the operator sets itself (Host, Content-Type, Content-Length, Transfer-Encoding, Connection, User-Agent, X-DocRouter-*, webhook-*); choose another name such as Authorization or X-Api-Key"

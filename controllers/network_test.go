@@ -1,0 +1,177 @@
+package controllers
+
+import (
+	"encoding/pem"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+	"github.com/docrouter/webhook-operator/dispatcher"
+	"github.com/docrouter/webhook-operator/internal/testenv"
+)
+
+// scriptedReceiver verifies each request's signature and answers the next scripted response
+// (the last one repeats), recording when each request arrived.
+type scriptedReceiver struct {
+	mu      sync.Mutex
+	answers []func(http.ResponseWriter)
+	times   []time.Time
+}
+
+func (s *scriptedReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	if dispatcher.Verify(testKey, r.Header.Get(dispatcher.HeaderTimestamp), r.Header.Get(dispatcher.HeaderSignature), body, time.Now(), dispatcher.DefaultTolerance) != nil {
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	s.mu.Lock()
+	s.times = append(s.times, time.Now())
+	answer := s.answers[0]
+	if len(s.answers) > 1 {
+		s.answers = s.answers[1:]
+	}
+	s.mu.Unlock()
+	answer(w)
+}
+
+func (s *scriptedReceiver) arrivals() []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.times...)
+}
+
+func answer(status int, retryAfter string) func(http.ResponseWriter) {
+	return func(w http.ResponseWriter) {
+		if retryAfter != "" {
+			w.Header().Set("Retry-After", retryAfter)
+		}
+		w.WriteHeader(status)
+	}
+}
+
+// TestGoneFailsAtOnce: a 410 Gone fails the delivery at once, without retries, with the reason
+// EndpointGone, and the endpoint gets a Warning Event EndpointGone.
+func TestGoneFailsAtOnce(t *testing.T) {
+	g := NewWithT(t)
+	ns := env.Namespace(t)
+	signingSecret(t, ns)
+	rcv := testenv.NewReceiver(t, testKey, http.StatusGone)
+	startOperator(t, ns, testOptions())
+
+	create(t, newEndpoint(ns, "gone", rcv.URL)) // 3 retries from 1 s, were it retried
+	d := webhooksv1alpha1.NewDelivery(ns, "gone", newEvent("evt-gone"))
+	create(t, d)
+
+	g.Eventually(func(g Gomega) {
+		got := getDelivery(g, ns, d.Name)
+		g.Expect(got.Status.Phase).To(Equal(webhooksv1alpha1.PhaseFailed))
+		g.Expect(got.Status.LastStatusCode).To(Equal(int32(http.StatusGone)))
+		stalled := condition(got.Status.Conditions, webhooksv1alpha1.ConditionStalled)
+		g.Expect(stalled.Status).To(Equal(metav1.ConditionTrue))
+		g.Expect(stalled.Reason).To(Equal(ReasonEndpointGone))
+		g.Expect(got.Status.NextAttemptTime).To(BeNil())
+	}).WithTimeout(10 * time.Second).Should(Succeed())
+	g.Eventually(func(g Gomega) {
+		g.Expect(eventReasons(g, ns, "gone")).To(ContainElement(ReasonEndpointGone))
+	}).WithTimeout(10 * time.Second).Should(Succeed())
+
+	// Longer than the first two retries would have waited: still one request.
+	g.Consistently(rcv.Count).WithTimeout(3500 * time.Millisecond).Should(Equal(1))
+	g.Expect(getDelivery(g, ns, d.Name).Status.Attempts).To(Equal(int32(1)))
+}
+
+// TestRetryAfterDelaysNextAttempt: a 429 or 503 with Retry-After delays the next attempt by
+// what the receiver asked (here 3 s instead of the 1 s backoff), up to maxDelaySeconds.
+func TestRetryAfterDelaysNextAttempt(t *testing.T) {
+	g := NewWithT(t)
+	ns := env.Namespace(t)
+	signingSecret(t, ns)
+	startOperator(t, ns, testOptions())
+
+	asked := &scriptedReceiver{answers: []func(http.ResponseWriter){answer(http.StatusTooManyRequests, "3"), answer(http.StatusOK, "")}}
+	srvAsked := httptest.NewServer(asked)
+	defer srvAsked.Close()
+	capped := &scriptedReceiver{answers: []func(http.ResponseWriter){
+		answer(http.StatusServiceUnavailable, time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)), answer(http.StatusOK, "")}}
+	srvCapped := httptest.NewServer(capped)
+	defer srvCapped.Close()
+
+	create(t,
+		newEndpoint(ns, "asks", srvAsked.URL),
+		newEndpoint(ns, "capped", srvCapped.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
+			ep.Spec.RetryPolicy.MaxDelaySeconds = ptr.To[int32](2)
+		}))
+	d1 := webhooksv1alpha1.NewDelivery(ns, "asks", newEvent("evt-429"))
+	d2 := webhooksv1alpha1.NewDelivery(ns, "capped", newEvent("evt-503"))
+	create(t, d1, d2)
+
+	for _, tc := range []struct {
+		name     string
+		rcv      *scriptedReceiver
+		min, max time.Duration
+	}{
+		{d1.Name, asked, 3 * time.Second, 4500 * time.Millisecond},
+		{d2.Name, capped, 2 * time.Second, 3500 * time.Millisecond},
+	} {
+		g.Eventually(func(g Gomega) {
+			g.Expect(getDelivery(g, ns, tc.name).Status.Phase).To(Equal(webhooksv1alpha1.PhaseSucceeded))
+		}).WithTimeout(15 * time.Second).Should(Succeed())
+		at := tc.rcv.arrivals()
+		g.Expect(at).To(HaveLen(2))
+		gap := at[1].Sub(at[0])
+		t.Logf("%s: second attempt %s after the first", tc.name, gap)
+		g.Expect(gap).To(BeNumerically(">=", tc.min))
+		g.Expect(gap).To(BeNumerically("<", tc.max))
+	}
+}
+
+// TestCABundleRef: an https receiver with a private CA is delivered to when the endpoint's
+// caBundleRef (here a ConfigMap) holds that CA, and fails certificate verification without it.
+func TestCABundleRef(t *testing.T) {
+	g := NewWithT(t)
+	ns := env.Namespace(t)
+	signingSecret(t, ns)
+	rcv := &scriptedReceiver{answers: []func(http.ResponseWriter){answer(http.StatusOK, "")}}
+	srv := httptest.NewTLSServer(rcv)
+	defer srv.Close()
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	startOperator(t, ns, testOptions())
+
+	create(t,
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "receiver-ca"}, Data: map[string]string{"ca.crt": string(caPEM)}},
+		newEndpoint(ns, "private-ca", srv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
+			ep.Spec.CABundleRef = &webhooksv1alpha1.CABundleRef{Kind: "ConfigMap", Name: "receiver-ca", Key: "ca.crt"}
+		}),
+		newEndpoint(ns, "system-roots", srv.URL),
+		newEndpoint(ns, "missing-ca", srv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
+			ep.Spec.CABundleRef = &webhooksv1alpha1.CABundleRef{Kind: "Secret", Name: "no-such-secret", Key: "ca.crt"}
+		}))
+	ok := webhooksv1alpha1.NewDelivery(ns, "private-ca", newEvent("evt-ca"))
+	untrusted := webhooksv1alpha1.NewDelivery(ns, "system-roots", newEvent("evt-roots"))
+	waiting := webhooksv1alpha1.NewDelivery(ns, "missing-ca", newEvent("evt-missing"))
+	create(t, ok, untrusted, waiting)
+
+	g.Eventually(func(g Gomega) {
+		g.Expect(getDelivery(g, ns, ok.Name).Status.Phase).To(Equal(webhooksv1alpha1.PhaseSucceeded))
+
+		got := getDelivery(g, ns, untrusted.Name)
+		g.Expect(got.Status.Phase).To(Equal(webhooksv1alpha1.PhaseRetrying))
+		g.Expect(got.Status.LastError).To(ContainSubstring("certificate"))
+		g.Expect(got.Status.LastError).To(ContainSubstring("spec.caBundleRef"))
+
+		got = getDelivery(g, ns, waiting.Name)
+		g.Expect(got.Status.Attempts).To(BeZero())
+		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Reason).To(Equal(ReasonSecretNotFound))
+		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Message).To(ContainSubstring("spec.caBundleRef"))
+	}).WithTimeout(15 * time.Second).Should(Succeed())
+	g.Expect(rcv.arrivals()).To(HaveLen(1), "only the endpoint that trusts the CA got through")
+}
