@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -207,7 +208,7 @@ func (s *Sender) Send(ctx context.Context, m Message) Result {
 	if err != nil {
 		return Result{Class: classifyError(ctx, err), Duration: time.Since(start), Error: sanitize(describeError(err), maxErrorLen)}
 	}
-	snippet := readLimited(resp.Body)
+	snippet := readLimited(resp.Body, credentialsOf(m, req.Header))
 	_ = resp.Body.Close()
 	res := Result{
 		StatusCode: resp.StatusCode,
@@ -236,15 +237,70 @@ func (s *Sender) Send(ctx context.Context, m Message) Result {
 }
 
 // readLimited reads at most MaxResponseBytes of a body (so that a small answer leaves the
-// connection reusable, and a huge or endless one costs nothing) and returns its sanitised start.
-// A body cut short changes nothing: the status code is the answer.
-func readLimited(body io.Reader) string {
-	buf := make([]byte, SnippetBytes)
+// connection reusable, and a huge or endless one costs nothing) and returns its start, with any
+// of the request's credentials that the receiver echoed replaced, sanitised. A body cut short
+// changes nothing: the status code is the answer.
+func readLimited(body io.Reader, credentials []string) string {
+	buf := make([]byte, redactWindow)
 	n, err := io.ReadFull(body, buf)
 	if err == nil {
 		_, _ = io.Copy(io.Discard, io.LimitReader(body, MaxResponseBytes-int64(n)))
 	}
-	return sanitize(string(buf[:n]), SnippetBytes)
+	text := string(buf[:n])
+	for _, c := range credentials {
+		text = strings.ReplaceAll(text, c, "[redacted]")
+	}
+	return sanitize(text, SnippetBytes)
+}
+
+// redactWindow is how much of a body is searched for echoed credentials: well past what is
+// kept, so that a credential cut at the end of the kept part is still found whole.
+const redactWindow = 4 * SnippetBytes
+
+// credentialsOf lists what a receiver must not get us to store, should it echo the request back
+// in an error answer (status, Events and logs are readable by more people than Secrets): the
+// static header values, the signatures, the signing keys, and the URL's path and query, which
+// often carry a token (n8n, Zapier). Longest first, so a whole value is replaced before its parts.
+func credentialsOf(m Message, sent http.Header) []string {
+	var out []string
+	add := func(v string, minLen int) {
+		if v = strings.TrimSpace(v); len(v) >= minLen {
+			out = append(out, v)
+		}
+	}
+	addWithParts := func(v string) {
+		add(v, 1)
+		for _, f := range strings.FieldsFunc(v, func(r rune) bool { return r == ' ' || r == ',' || r == '=' }) {
+			add(f, 8)
+		}
+	}
+	for _, values := range m.Headers {
+		for _, v := range values {
+			addWithParts(v)
+		}
+	}
+	for _, name := range []string{HeaderSignature, HeaderSignaturePrevious, "Webhook-Signature"} {
+		addWithParts(sent.Get(name))
+	}
+	for _, k := range m.Signing.Keys {
+		add(string(k), 1)
+	}
+	if u, err := url.Parse(m.URL); err == nil {
+		if u.Path != "" && u.Path != "/" {
+			add(u.Path, 1)
+		}
+		for _, seg := range strings.Split(u.Path, "/") {
+			add(seg, 8)
+		}
+		add(u.RawQuery, 1)
+		for _, values := range u.Query() {
+			for _, v := range values {
+				add(v, 8)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
 }
 
 func classifyError(ctx context.Context, err error) Class {
