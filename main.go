@@ -97,6 +97,10 @@ func runManager(args []string) error {
 	fs.StringVar(&intakeSrv.CertFile, "intake-tls-cert-file", "", "TLS certificate of the intake; with --intake-tls-key-file it serves HTTPS (TLS 1.2+), else plain HTTP.")
 	fs.StringVar(&intakeSrv.KeyFile, "intake-tls-key-file", "", "TLS private key of the intake.")
 	fs.BoolVar(&intakeOpts.AllowAnonymous, "intake-allow-anonymous", false, "Accept events without a token or permission check. Local development only.")
+	fs.Func("intake-token-audience", "Accept only publisher tokens made for this audience (repeatable), such as projected tokens with audience docrouter-intake; default: the API server's audience.", func(v string) error {
+		intakeOpts.Audiences = append(intakeOpts.Audiences, v)
+		return nil
+	})
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {

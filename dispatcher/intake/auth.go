@@ -52,14 +52,15 @@ type decision struct {
 // decision, allowed or denied, for ttl, so a busy publisher costs no review per request.
 // Concurrent requests with the same token and namespace share one review.
 type reviewer struct {
-	client client.Client
-	ttl    time.Duration
-	cache  *utilcache.LRUExpireCache
-	flight singleflight.Group
+	client    client.Client
+	audiences []string
+	ttl       time.Duration
+	cache     *utilcache.LRUExpireCache
+	flight    singleflight.Group
 }
 
-func newReviewer(c client.Client, ttl time.Duration, size int) *reviewer {
-	return &reviewer{client: c, ttl: ttl, cache: utilcache.NewLRUExpireCache(size)}
+func newReviewer(c client.Client, audiences []string, ttl time.Duration, size int) *reviewer {
+	return &reviewer{client: c, audiences: audiences, ttl: ttl, cache: utilcache.NewLRUExpireCache(size)}
 }
 
 // bearerToken is the token of an "Authorization: Bearer <token>" header, or "".
@@ -103,13 +104,13 @@ func (a *reviewer) review(ctx context.Context, token, namespace string) (d decis
 		return decision{err: &requestError{status: http.StatusServiceUnavailable,
 			message: fmt.Sprintf("could not %s with the Kubernetes API (%s): try again", what, reasonOf(err))}}, false
 	}
-	tr := &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: token}}
+	tr := &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: a.audiences}}
 	if err := a.client.Create(ctx, tr); err != nil {
 		return unavailable("review the token", err)
 	}
 	if !tr.Status.Authenticated {
 		return decision{err: &requestError{status: http.StatusUnauthorized,
-			message: "the bearer token is not valid (expired, revoked, or not issued by this cluster): get a new one, such as with kubectl create token NAME"}}, true
+			message: "the bearer token is not valid (expired, revoked, not issued by this cluster, or for another audience): get a new one, such as with kubectl create token NAME"}}, true
 	}
 	u := tr.Status.User
 	extra := make(map[string]authorizationv1.ExtraValue, len(u.Extra))

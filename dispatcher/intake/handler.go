@@ -47,6 +47,11 @@ type Options struct {
 	// AllowAnonymous skips authentication and authorisation: anyone who can reach the intake
 	// may publish to any namespace. For local development only.
 	AllowAnonymous bool
+	// Audiences, when set, are the token audiences the intake accepts (TokenReview
+	// spec.audiences): publishers then use tokens made for the intake (a projected token with
+	// such an audience), which the API server itself refuses, so the intake never holds a
+	// token that is good elsewhere. Empty accepts the API server's own audience.
+	Audiences []string
 	// AuthCacheTTL is how long an allowed or denied decision for a token and namespace is
 	// reused; DefaultAuthCacheTTL when 0. A revoked permission is noticed within it.
 	AuthCacheTTL time.Duration
@@ -91,7 +96,7 @@ func NewHandler(c client.Client, endpoints client.Reader, opts Options) *Handler
 	}
 	h := &Handler{client: c, endpoints: endpoints, opts: opts, mux: http.NewServeMux()}
 	if !opts.AllowAnonymous {
-		h.reviewer = newReviewer(c, opts.AuthCacheTTL, opts.AuthCacheSize)
+		h.reviewer = newReviewer(c, opts.Audiences, opts.AuthCacheTTL, opts.AuthCacheSize)
 	}
 	h.mux.HandleFunc(Path, h.publish)
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -62,7 +62,7 @@ func startIntake(t testing.TB, ns string, opts intake.Options, deliver bool) str
 
 // publisher creates a ServiceAccount and returns a token of it from the TokenRequest API. When
 // grant is true, a Role and RoleBinding let it publish (create webhookevents) in ns.
-func publisher(t testing.TB, ns, name string, grant bool) string {
+func publisher(t testing.TB, ns, name string, grant bool, audiences ...string) string {
 	t.Helper()
 	ctx := context.Background()
 	create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
@@ -82,7 +82,7 @@ func publisher(t testing.TB, ns, name string, grant bool) string {
 	}
 	cs := kubernetes.NewForConfigOrDie(env.Config)
 	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name,
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)}}, metav1.CreateOptions{})
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600), Audiences: audiences}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("requesting a token for %s: %v", name, err)
 	}
@@ -407,4 +407,46 @@ func TestPublishClient(t *testing.T) {
 	g.Expect(slices.ContainsFunc(deliveries(t, ns), func(d webhooksv1alpha1.WebhookDelivery) bool {
 		return d.Spec.Event.Type != "document.uploaded"
 	})).To(BeFalse())
+}
+
+// A paused endpoint still gets its delivery; it waits, unsent, until the endpoint is resumed.
+func TestPublishIncludesPausedEndpoints(t *testing.T) {
+	g := NewWithT(t)
+	ns := env.Namespace(t)
+	signingSecret(t, ns)
+	r := testenv.NewReceiver(t, signingKey)
+	create(t, &webhooksv1alpha1.WebhookEndpoint{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "paused"},
+		Spec: webhooksv1alpha1.WebhookEndpointSpec{
+			URL: r.URL, AllowInsecureHTTP: true, EventTypes: []string{"*"}, Paused: true,
+			SigningSecretRef: &webhooksv1alpha1.SecretKeyRef{Name: "signing", Key: "key"},
+		},
+	})
+	base := startIntake(t, ns, intake.Options{AllowAnonymous: true}, true)
+
+	acc := post(t, base, ns, "", []byte(`{"event_id": "evt-paused", "event_type": "llm.completed"}`)).accepted(t)
+	g.Expect(acc.Deliveries).To(Equal([]publish.Delivery{{Name: webhooksv1alpha1.DeliveryName("paused", "evt-paused"), Endpoint: "paused", Created: true}}))
+	g.Consistently(r.Count, time.Second, 100*time.Millisecond).Should(BeZero())
+
+	ep := &webhooksv1alpha1.WebhookEndpoint{}
+	g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "paused"}, ep)).To(Succeed())
+	ep.Spec.Paused = false
+	g.Expect(env.Client.Update(context.Background(), ep)).To(Succeed())
+	g.Eventually(r.Count, 20*time.Second, 50*time.Millisecond).Should(Equal(1))
+	g.Expect(r.Requests()[0].Verified).To(BeTrue())
+}
+
+// With an audience configured, only tokens made for the intake are accepted.
+func TestPublishWithAudienceAcceptsOnlyTokensForIt(t *testing.T) {
+	g := NewWithT(t)
+	ns := env.Namespace(t)
+	base := startIntake(t, ns, intake.Options{Audiences: []string{"docrouter-intake"}}, false)
+	forIntake := publisher(t, ns, "pipeline", true, "docrouter-intake")
+	forAPIServer := publisher(t, ns, "other", true)
+	ev := []byte(`{"event_type": "llm.error"}`)
+
+	g.Expect(post(t, base, ns, forIntake, ev).status).To(Equal(http.StatusAccepted))
+	a := post(t, base, ns, forAPIServer, ev)
+	g.Expect(a.status).To(Equal(http.StatusUnauthorized))
+	g.Expect(a.errorSentence(t)).To(ContainSubstring("another audience"))
 }
