@@ -8,10 +8,12 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	eventsv1 "k8s.io/api/events/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+	"github.com/docrouter/webhook-operator/internal/metrics"
 	"github.com/docrouter/webhook-operator/internal/testenv"
 )
 
@@ -87,6 +89,9 @@ func TestRetryFailedAnnotationRetriesEveryFailedDeliveryOfTheEndpointOnce(t *tes
 		}
 		g.Expect(notes).To(ConsistOf("retrying 3 failed deliveries (webhooks.docrouter.ai/retry-failed=fixed-1)"))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
+	// Handled once: one Event (not a series of two) and three deliveries counted.
+	g.Expect(retryEventCount(g, ns)).To(Equal(int32(1)))
+	g.Expect(testutil.ToFloat64(metrics.BulkRetried.WithLabelValues(ns))).To(Equal(3.0))
 
 	// The same value again, and a new value with nothing Failed, send nothing.
 	setEndpointAnnotation(g, ns, "crm", webhooksv1alpha1.RetryFailedAnnotation, "fixed-1")
@@ -102,4 +107,21 @@ func TestRetryFailedAnnotationRetriesEveryFailedDeliveryOfTheEndpointOnce(t *tes
 	g.Expect(d.Status.Phase).To(Equal(webhooksv1alpha1.PhaseFailed))
 	g.Expect(d.Status.Attempts).To(Equal(int32(1)))
 	g.Expect(other.Requests()).To(HaveLen(1))
+}
+
+// retryEventCount is how many times the RetryingFailed Event was recorded (an Event series
+// counts repeats).
+func retryEventCount(g Gomega, ns string) int32 {
+	var events eventsv1.EventList
+	g.Expect(env.Client.List(context.Background(), &events, client.InNamespace(ns))).To(Succeed())
+	var n int32
+	for _, e := range events.Items {
+		if e.Reason == ReasonRetryingFailed {
+			n++
+			if e.Series != nil {
+				n += e.Series.Count - 1
+			}
+		}
+	}
+	return n
 }

@@ -49,6 +49,9 @@ type WebhookEndpointReconciler struct {
 
 	mu              sync.Mutex
 	lastHealthWrite map[types.NamespacedName]time.Time
+	// retriedTokens remembers the retry-failed token handled per endpoint until the cache shows
+	// it in status, so that a reconcile racing the status write does not handle it twice.
+	retriedTokens map[types.UID]string
 }
 
 // +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookendpoints,verbs=get;list;watch
@@ -155,6 +158,13 @@ func (r *WebhookEndpointReconciler) retryFailed(ctx context.Context, ep *webhook
 	if token == "" || token == ep.Status.LastRetryFailedToken {
 		return nil
 	}
+	r.mu.Lock()
+	handled := r.retriedTokens[ep.UID] == token
+	r.mu.Unlock()
+	if handled {
+		ep.Status.LastRetryFailedToken = token
+		return nil
+	}
 	var list webhooksv1alpha1.WebhookDeliveryList
 	if err := r.List(ctx, &list, client.InNamespace(ep.Namespace),
 		client.MatchingLabels{webhooksv1alpha1.EndpointLabel: ep.Name}); err != nil {
@@ -180,6 +190,12 @@ func (r *WebhookEndpointReconciler) retryFailed(ctx context.Context, ep *webhook
 	}
 	observeBulkRetried(ep.Namespace, retried)
 	ep.Status.LastRetryFailedToken = token
+	r.mu.Lock()
+	if r.retriedTokens == nil {
+		r.retriedTokens = map[types.UID]string{}
+	}
+	r.retriedTokens[ep.UID] = token
+	r.mu.Unlock()
 	ctrl.LoggerFrom(ctx).Info("retrying the endpoint's failed deliveries", "count", retried)
 	r.Recorder.Eventf(ep, nil, "Normal", ReasonRetryingFailed, "RetryFailed",
 		"retrying %d failed deliveries (%s=%s)", retried, webhooksv1alpha1.RetryFailedAnnotation, token)
