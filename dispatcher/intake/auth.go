@@ -101,7 +101,7 @@ func (a *reviewer) authorize(ctx context.Context, r *http.Request, namespace str
 // review asks the API server. cacheable is false when the API server could not answer.
 func (a *reviewer) review(ctx context.Context, token, namespace string) (d decision, cacheable bool) {
 	unavailable := func(what string, err error) (decision, bool) {
-		return decision{err: &requestError{status: http.StatusServiceUnavailable,
+		return decision{err: &requestError{status: http.StatusServiceUnavailable, cause: err,
 			message: fmt.Sprintf("could not %s with the Kubernetes API (%s): try again", what, reasonOf(err))}}, false
 	}
 	tr := &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: a.audiences}}

@@ -40,6 +40,8 @@ var eventIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]*$`)
 type requestError struct {
 	status  int
 	message string
+	// cause is the API error behind a 5xx, for the operator's log (never sent to the caller).
+	cause error
 }
 
 func (e *requestError) Error() string { return e.message }

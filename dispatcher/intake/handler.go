@@ -141,7 +141,11 @@ func (h *Handler) publish(w http.ResponseWriter, r *http.Request) {
 			if d.err.status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="webhook-operator intake"`)
 			}
-			log.V(1).Info("publish refused", "namespace", ns, "user", d.user, "statusCode", d.err.status)
+			if d.err.cause != nil {
+				log.Error(d.err.cause, "reviewing a publisher failed", "namespace", ns, "statusCode", d.err.status)
+			} else {
+				log.V(1).Info("publish refused", "namespace", ns, "user", d.user, "statusCode", d.err.status)
+			}
 			writeError(w, d.err, "")
 			return
 		}
@@ -157,7 +161,8 @@ func (h *Handler) publish(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	accepted, err := h.fanOut(ctx, ns, event)
 	if err != nil {
-		log.Error(err, "fan-out incomplete", "namespace", ns, "eventId", event.ID, "eventType", event.Type)
+		log.Error(err.cause, "fan-out incomplete", "namespace", ns, "eventId", event.ID, "eventType", event.Type,
+			"statusCode", err.status, "answer", err.message)
 		writeError(w, err, event.ID)
 		return
 	}
@@ -172,7 +177,7 @@ func (h *Handler) publish(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) fanOut(ctx context.Context, ns string, event webhooksv1alpha1.Event) (*publish.Accepted, *requestError) {
 	var endpoints webhooksv1alpha1.WebhookEndpointList
 	if err := h.endpoints.List(ctx, &endpoints, client.InNamespace(ns), client.UnsafeDisableDeepCopy); err != nil {
-		return nil, &requestError{status: http.StatusServiceUnavailable,
+		return nil, &requestError{status: http.StatusServiceUnavailable, cause: err,
 			message: fmt.Sprintf("could not list the WebhookEndpoints of namespace %q (%s): publish the same event_id again", ns, reasonOf(err))}
 	}
 	accepted := &publish.Accepted{EventID: event.ID, Deliveries: []publish.Delivery{}}
@@ -221,7 +226,7 @@ func (h *Handler) fanOut(ctx context.Context, ns string, event webhooksv1alpha1.
 		if apierrors.IsForbidden(first) || apierrors.IsNotFound(first) {
 			status = http.StatusInternalServerError
 		}
-		return nil, &requestError{status: status,
+		return nil, &requestError{status: status, cause: first,
 			message: fmt.Sprintf("%d of %d deliveries exist; creating the others failed (%s): publish the same event_id again to complete them",
 				created, len(accepted.Deliveries), reasonOf(first))}
 	}

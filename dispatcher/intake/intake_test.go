@@ -450,3 +450,23 @@ func TestPublishWithAudienceAcceptsOnlyTokensForIt(t *testing.T) {
 	g.Expect(a.status).To(Equal(http.StatusUnauthorized))
 	g.Expect(a.errorSentence(t)).To(ContainSubstring("another audience"))
 }
+
+// When the API server refuses a create, the answer says so and carries the event id to publish
+// again with (here: the namespace is being deleted, so creates in it are forbidden).
+func TestPublishReportsFailedCreatesWithEventID(t *testing.T) {
+	g := NewWithT(t)
+	ns := env.Namespace(t)
+	endpoint(t, ns, "all", "http://127.0.0.1:1/unused", "*")
+	base := startIntake(t, ns, intake.Options{AllowAnonymous: true}, false)
+	// Without a namespace controller, envtest leaves the namespace Terminating.
+	g.Expect(env.Client.Delete(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
+
+	a := post(t, base, ns, "", []byte(`{"event_type": "llm.error"}`))
+	g.Expect(a.status).To(BeNumerically(">=", 500))
+	var eb publish.ErrorBody
+	g.Expect(json.Unmarshal(a.body, &eb)).To(Succeed())
+	g.Expect(eb.Error).To(ContainSubstring("0 of 1 deliveries exist"))
+	g.Expect(eb.Error).To(ContainSubstring("publish the same event_id again"))
+	g.Expect(eb.EventID).NotTo(BeEmpty())
+	g.Expect(deliveries(t, ns)).To(BeEmpty())
+}
