@@ -112,9 +112,9 @@ func TestBench(t *testing.T) {
 	// (4) API writes per delivered event.
 	w1 := measureWrites(t, false)
 	w2 := measureWrites(t, true)
-	tab.add("(4) API writes per event, first-attempt success", fmt.Sprintf("%.2f", w1.perEvent),
+	tab.add("(4) API writes per event, first-attempt success", fmt.Sprintf("%.2f (+%.2f endpoint)", w1.perEvent, w1.endpoint),
 		fmt.Sprintf("%s; goal <= 2: %s", w1.detail, met(w1.perEvent <= 2.0+1e-9)))
-	tab.add("    with one retry", fmt.Sprintf("%.2f", w2.perEvent),
+	tab.add("    with one retry", fmt.Sprintf("%.2f (+%.2f endpoint)", w2.perEvent, w2.endpoint),
 		fmt.Sprintf("%s; %.2f attempts/event; goal <= 3: %s", w2.detail, w2.attempts, met(w2.perEvent <= 3.0+1e-9)))
 
 	// (6) isolation from a never-answering endpoint.
@@ -660,7 +660,8 @@ func apiWrites(t *testing.T) map[string]float64 {
 }
 
 type writes struct {
-	perEvent float64
+	perEvent float64 // writes to webhookdeliveries (and status) per event: the goal's figure
+	endpoint float64 // writes to webhookendpoints (and status) per event: rate-limited health
 	attempts float64
 	detail   string
 }
@@ -707,7 +708,7 @@ func measureWrites(t *testing.T, retry bool) writes {
 	for _, d := range list.Items {
 		attempts += int(d.Status.Attempts)
 	}
-	var total, events float64
+	var total, endpoint, events float64
 	var parts []string
 	keys := make([]string, 0, len(after))
 	for k := range after {
@@ -723,14 +724,18 @@ func measureWrites(t *testing.T, retry bool) writes {
 			events += d
 			continue
 		}
-		total += d
+		if strings.HasPrefix(k, "webhookendpoints") {
+			endpoint += d
+		} else {
+			total += d
+		}
 		parts = append(parts, fmt.Sprintf("%s %.0f", k, d))
 	}
 	detail := fmt.Sprintf("%d events: %s", n, strings.Join(parts, ", "))
 	if events > 0 {
 		detail += fmt.Sprintf(" (+%.0f Kubernetes Event writes, not counted)", events)
 	}
-	return writes{perEvent: total / n, attempts: float64(attempts) / n, detail: detail}
+	return writes{perEvent: total / n, endpoint: endpoint / n, attempts: float64(attempts) / n, detail: detail}
 }
 
 // buildOperator builds the operator binary from this checkout.
