@@ -4,6 +4,8 @@ import (
 	"sync"
 
 	"k8s.io/apimachinery/pkg/types"
+
+	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 )
 
 // attemptExpectations remembers, per delivery, how many attempts the controller has written to
@@ -18,6 +20,10 @@ type attemptExpectations struct {
 type expectation struct {
 	uid      types.UID
 	attempts int32
+	// unwritten is the status of an attempt whose status write failed (the API server was
+	// unreachable, say). It is written before anything else is done with the delivery, so an
+	// outage does not turn into a resend of every attempt made during it.
+	unwritten *webhooksv1alpha1.WebhookDeliveryStatus
 }
 
 func newAttemptExpectations() *attemptExpectations {
@@ -42,6 +48,25 @@ func (e *attemptExpectations) satisfied(key types.NamespacedName, uid types.UID,
 		return true
 	}
 	return false
+}
+
+// holdUnwritten keeps the status of an attempt that could not be written.
+func (e *attemptExpectations) holdUnwritten(key types.NamespacedName, uid types.UID, status *webhooksv1alpha1.WebhookDeliveryStatus) {
+	e.mu.Lock()
+	e.attempts[key] = expectation{uid: uid, attempts: status.Attempts, unwritten: status}
+	e.mu.Unlock()
+}
+
+// unwritten returns the status held for the delivery, if any, and if the object has not moved
+// past it.
+func (e *attemptExpectations) unwritten(key types.NamespacedName, uid types.UID, cachedAttempts int32) *webhooksv1alpha1.WebhookDeliveryStatus {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	want, ok := e.attempts[key]
+	if !ok || want.unwritten == nil || want.uid != uid || cachedAttempts >= want.attempts {
+		return nil
+	}
+	return want.unwritten
 }
 
 // forget drops the expectation of a deleted delivery.

@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/docrouter/webhook-operator/dispatcher"
 )
@@ -70,4 +72,12 @@ func Setup(ctx context.Context, mgr ctrl.Manager, sender *dispatcher.Sender, opt
 		secrets: secrets, health: health, lastHealthWrite: map[types.NamespacedName]time.Time{},
 	}
 	return endpoints.SetupWithManager(mgr)
+}
+
+// failureRateLimiter spaces the retries of a reconcile that returned an error (an API failure):
+// exponential from 5 ms, capped at 30 s. controller-runtime's default also caps the whole queue
+// at 10 retries per second and lets one item back off to 16 minutes, which after an API-server
+// outage would leave the backlog draining slowly.
+func failureRateLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
+	return workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, 30*time.Second)
 }

@@ -9,11 +9,11 @@ import (
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -38,7 +38,9 @@ func testOptions() Options {
 // startOperator runs the controllers against namespace ns, as the operator binary does.
 func startOperator(t *testing.T, ns string, opts Options) (stop func()) {
 	t.Helper()
-	return env.StartManager(t, env.ManagerOptions(ns), func(ctx context.Context, mgr ctrl.Manager) error {
+	mgrOpts := env.ManagerOptions(ns)
+	mgrOpts.Cache = CacheOptions(mgrOpts.Cache) // as main.go: finished deliveries stripped in the cache
+	return env.StartManager(t, mgrOpts, func(ctx context.Context, mgr ctrl.Manager) error {
 		return Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), opts, nil)
 	})
 }
@@ -91,7 +93,6 @@ func create(t *testing.T, objs ...client.Object) {
 		}
 	}
 }
-
 
 // newEvent is an llm.completed event with metadata and extraction results.
 func newEvent(id string) webhooksv1alpha1.Event {

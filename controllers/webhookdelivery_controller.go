@@ -79,6 +79,16 @@ func (r *WebhookDeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	if held := r.expectations.unwritten(req.NamespacedName, d.UID, d.Status.Attempts); held != nil {
+		// An attempt was made but its status write failed: write it now, do not send again.
+		base := d.DeepCopy()
+		d.Status = *held
+		if err := r.patchStatus(ctx, base, d); err != nil {
+			return ctrl.Result{}, err
+		}
+		r.expectations.expect(req.NamespacedName, d.UID, held.Attempts)
+		return ctrl.Result{RequeueAfter: time.Second}, nil
+	}
 	if !r.expectations.satisfied(req.NamespacedName, d.UID, d.Status.Attempts) {
 		// The cache has not yet seen our last status write: acting now could send twice.
 		return ctrl.Result{RequeueAfter: time.Second}, nil
@@ -127,6 +137,7 @@ func (r *WebhookDeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{}, err
 	}
 	if err := r.patchStatus(ctx, base, d); err != nil {
+		r.expectations.holdUnwritten(req.NamespacedName, d.UID, d.Status.DeepCopy())
 		return ctrl.Result{}, err
 	}
 	r.expectations.expect(req.NamespacedName, d.UID, d.Status.Attempts)
@@ -449,6 +460,6 @@ func (r *WebhookDeliveryReconciler) SetupWithManager(ctx context.Context, mgr ct
 			}),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WatchesRawSource(source.Channel(r.limiter.wake, &handler.TypedEnqueueRequestForObject[*webhooksv1alpha1.WebhookDelivery]{})).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.Workers}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.Workers, RateLimiter: failureRateLimiter()}).
 		Complete(r)
 }

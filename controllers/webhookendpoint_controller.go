@@ -5,7 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
+	"errors"
 	"net/url"
 	"sync"
 	"time"
@@ -19,6 +19,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -89,39 +90,48 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	requeue := r.copyHealth(ep)
 
-	ready, reason, message := r.readiness(ctx, ep)
-	if reason == "" { // an API failure reading a Secret
-		return ctrl.Result{}, fmt.Errorf("%s", message)
+	ready, credentialProblem, err := r.readiness(ctx, ep)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
-	meta.SetStatusCondition(&ep.Status.Conditions, metav1.Condition{Type: webhooksv1alpha1.ConditionReady,
-		Status: ready, Reason: reason, Message: message, ObservedGeneration: ep.Generation})
-	if reason == ReasonSecretNotFound || reason == ReasonSecretKeyNotFound {
-		// Secrets are read, not watched (the operator may only `get` them): look again soon.
+	ready.ObservedGeneration = ep.Generation
+	meta.SetStatusCondition(&ep.Status.Conditions, ready)
+	if credentialProblem {
+		// Secrets and ConfigMaps are read, not watched (the operator may only `get` them): look
+		// again soon, so that fixing one shows here without another change to the endpoint.
 		requeue = minPositive(requeue, r.Options.WaitRetryInterval)
 	}
 	return ctrl.Result{RequeueAfter: requeue}, nil
 }
 
 // readiness checks what the API server's validation cannot: that the URL parses and that the
-// Secrets exist and hold the keys. The reason is empty on an API failure.
-func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv1alpha1.WebhookEndpoint) (metav1.ConditionStatus, string, string) {
-	u, err := url.Parse(ep.Spec.URL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return metav1.ConditionFalse, ReasonInvalidURL, "spec.url is not an absolute http(s) URL"
-	}
-	if u.Scheme == "http" && !ep.Spec.AllowInsecureHTTP {
-		return metav1.ConditionFalse, ReasonInvalidURL, "spec.url uses http:// without spec.allowInsecureHTTP"
+// referenced Secrets (and CA bundle) exist and hold usable values. credentialProblem is true
+// when one of those is the reason; err is an API failure.
+func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv1alpha1.WebhookEndpoint) (ready metav1.Condition, credentialProblem bool, err error) {
+	ready = metav1.Condition{Type: webhooksv1alpha1.ConditionReady, Status: metav1.ConditionFalse}
+	u, perr := url.Parse(ep.Spec.URL)
+	switch {
+	case perr != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "":
+		ready.Reason, ready.Message = ReasonInvalidURL, "spec.url is not an absolute http(s) URL"
+		return ready, false, nil
+	case u.Scheme == "http" && !ep.Spec.AllowInsecureHTTP:
+		ready.Reason, ready.Message = ReasonInvalidURL, "spec.url uses http:// without spec.allowInsecureHTTP"
+		return ready, false, nil
 	}
 	if _, err := r.secrets.resolve(ctx, ep); err != nil {
-		if cerr, ok := err.(*credentialError); ok {
-			return metav1.ConditionFalse, cerr.reason, cerr.message
+		var cerr *credentialError
+		if !errors.As(err, &cerr) {
+			return ready, false, err
 		}
-		return metav1.ConditionUnknown, "", err.Error()
+		ready.Reason, ready.Message = cerr.reason, cerr.message
+		return ready, true, nil
 	}
 	if ep.Spec.Paused {
-		return metav1.ConditionFalse, ReasonPaused, "spec.paused is true: deliveries wait until it is false"
+		ready.Reason, ready.Message = ReasonPaused, "spec.paused is true: deliveries wait until it is false"
+		return ready, false, nil
 	}
-	return metav1.ConditionTrue, ReasonValid, "the URL and Secrets are valid; deliveries are sent"
+	ready.Status, ready.Reason, ready.Message = metav1.ConditionTrue, ReasonValid, "the URL and Secrets are valid; deliveries are sent"
+	return ready, false, nil
 }
 
 // sendTest creates one webhook.test delivery per value of the test annotation. The delivery's
@@ -268,5 +278,6 @@ func (r *WebhookEndpointReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&webhooksv1alpha1.WebhookEndpoint{}, builder.WithPredicates(
 			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		WatchesRawSource(source.Channel(r.health.wake, &handler.TypedEnqueueRequestForObject[*webhooksv1alpha1.WebhookEndpoint]{})).
+		WithOptions(controller.Options{RateLimiter: failureRateLimiter()}).
 		Complete(r)
 }
