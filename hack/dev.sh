@@ -14,7 +14,7 @@
 # those processes by pid and command line, from $DEV_DIR/pids).
 #
 # Settings (environment): DEV_DIR (.dev), DEV_APISERVER_PORT (16443), DEV_ETCD_PORT (16379),
-# DEV_PROBE_PORT (18081). The intake (127.0.0.1:8090) and receiver (127.0.0.1:9000) addresses are
+# DEV_PROBE_PORT (18081); DEV_NO_BUILD=1 runs bin/ as it is instead of rebuilding. The intake (127.0.0.1:8090) and receiver (127.0.0.1:9000) addresses are
 # fixed: the samples and `webhook-operator publish` use them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -129,9 +129,13 @@ command -v setsid >/dev/null && detach=(setsid)
 
 say "building the control plane if needed (the first build takes minutes; it is cached)"
 assets="$(hack/controlplane.sh)"
-say "building bin/webhook-operator and bin/devcluster"
-go build -o "${operator}" .
-go build -o "${devcluster}" ./hack/devcluster
+if [[ -n "${DEV_NO_BUILD:-}" && -x "${operator}" && -x "${devcluster}" ]]; then
+  say "using the binaries in bin/ as they are (DEV_NO_BUILD)"
+else
+  say "building bin/webhook-operator and bin/devcluster"
+  go build -o "${operator}" .
+  go build -o "${devcluster}" ./hack/devcluster
+fi
 
 # The sample receiver knows the credentials of config/samples/secret.yaml.
 sample_value() { sed -n "s/^  $1: *\"\{0,1\}\([^\"]*\)\"\{0,1\} *$/\1/p" config/samples/secret.yaml; }
@@ -141,12 +145,18 @@ auth_token="$(sample_value auth-token)"
 (umask 077 && printf '%s\n' "${signing_secret}" >"${dev_dir}/signing-secret")
 
 say "starting etcd and kube-apiserver (logs: ${DEV_DIR}/logs/controlplane.log)"
+# Logs are truncated and the old kubeconfig removed here, not in the background jobs: the
+# readiness checks below must not read what a previous run left.
+: >"${logs}/controlplane.log"
+: >"${logs}/receiver.log"
+: >"${logs}/operator.log"
+rm -f "${dev_dir}/kubeconfig"
 cmd=("${devcluster}" --dir "${dev_dir}" --assets "${assets}" --apiserver-port "${DEV_APISERVER_PORT}" --etcd-port "${DEV_ETCD_PORT}")
-"${detach[@]}" "${cmd[@]}" >"${logs}/controlplane.log" 2>&1 &
+"${detach[@]}" "${cmd[@]}" >>"${logs}/controlplane.log" 2>&1 &
 cluster_pid=$!
 record devcluster "${cluster_pid}" "${cmd[*]}"
 for ((i = 0; ; i++)); do
-  grep -q '^devcluster: ready' "${logs}/controlplane.log" && break
+  [[ -f "${dev_dir}/kubeconfig" ]] && grep -q '^devcluster: ready' "${logs}/controlplane.log" && break
   kill -0 "${cluster_pid}" 2>/dev/null || { tail -n 20 "${logs}/controlplane.log" >&2; die "the control plane did not start"; }
   ((i < 1200)) || die "the control plane did not start within 120s; see ${DEV_DIR}/logs/controlplane.log"
   sleep 0.1
@@ -158,7 +168,7 @@ export KUBECONFIG="${dev_dir}/kubeconfig"
 
 say "starting the sample receiver on http://${RECEIVER_ADDR} (logs: ${DEV_DIR}/logs/receiver.log)"
 cmd=("${operator}" receiver --listen "${RECEIVER_ADDR}" --secret-file "${dev_dir}/signing-secret" --auth-header "X-Api-Key:${auth_token}")
-"${detach[@]}" "${cmd[@]}" >"${logs}/receiver.log" 2>&1 &
+"${detach[@]}" "${cmd[@]}" >>"${logs}/receiver.log" 2>&1 &
 record receiver "$!" "${cmd[*]}"
 
 # Flags are passed only if this build of the operator has them.
@@ -176,7 +186,7 @@ has_flag outbound-allow-cidrs && flags+=(--outbound-allow-cidrs "127.0.0.0/8,::1
 
 say "starting the operator: manager ${flags[*]} (logs: ${DEV_DIR}/logs/operator.log)"
 cmd=("${operator}" manager "${flags[@]}")
-"${detach[@]}" "${cmd[@]}" >"${logs}/operator.log" 2>&1 &
+"${detach[@]}" "${cmd[@]}" >>"${logs}/operator.log" 2>&1 &
 operator_pid=$!
 record operator "${operator_pid}" "${cmd[*]}"
 for ((i = 0; ; i++)); do

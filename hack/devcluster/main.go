@@ -88,10 +88,19 @@ func run() error {
 	api.CertDir = certDir
 	api.Out, api.Err = os.Stdout, os.Stderr
 
+	// Signals are caught from here on, so that a SIGTERM while etcd and kube-apiserver start
+	// still stops them (they run in process groups of their own and would outlive this process).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
 	fmt.Printf("devcluster: starting etcd (127.0.0.1:%d, data in %s) and kube-apiserver (https://127.0.0.1:%d)\n", etcdPort, etcdDir, apiPort)
 	if _, err := env.Start(); err != nil {
 		_ = env.Stop()
 		return fmt.Errorf("starting the control plane: %w", err)
+	}
+	if ctx.Err() != nil {
+		fmt.Println("devcluster: stopping kube-apiserver and etcd")
+		return env.Stop()
 	}
 	user, err := env.AddUser(envtest.User{Name: "dev-admin", Groups: []string{"system:masters"}}, nil)
 	if err == nil {
@@ -103,7 +112,6 @@ func run() error {
 	}
 	fmt.Printf("devcluster: ready; kubeconfig %s\n", kubeconfig)
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	<-ctx.Done()
 	stop()
 	fmt.Println("devcluster: stopping kube-apiserver and etcd")
