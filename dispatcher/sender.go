@@ -380,12 +380,16 @@ func sanitize(s string, n int) string {
 			space = b.Len() > 0
 			continue
 		}
+		sep := 0
+		if space {
+			sep = 1
+		}
+		if b.Len()+sep+utf8.RuneLen(r) > n {
+			break // the folded space counts too: never more than n bytes, never a trailing space
+		}
 		if space {
 			b.WriteByte(' ')
 			space = false
-		}
-		if b.Len()+utf8.RuneLen(r) > n {
-			break
 		}
 		b.WriteRune(r)
 	}
