@@ -285,6 +285,7 @@ func TestSendTLS(t *testing.T) {
 	sender := dispatcher.NewSender(dispatcher.SenderOptions{})
 
 	res := sender.Send(context.Background(), message(srv.URL))
+	t.Logf("unknown CA: %s", res.Error)
 	if res.Class != dispatcher.ClassNetwork || !strings.Contains(res.Error, "certificate") || !strings.Contains(res.Error, "spec.caBundleRef") {
 		t.Errorf("unknown CA: %+v, want a NetworkError about the certificate that points at spec.caBundleRef", res)
 	}
@@ -324,6 +325,7 @@ func TestSendTLS(t *testing.T) {
 	m = message(old.URL)
 	m.CABundle = bundle
 	res = sender.Send(context.Background(), m)
+	t.Logf("TLS 1.1 only: %s", res.Error)
 	if res.Class != dispatcher.ClassNetwork || !strings.Contains(res.Error, "TLS 1.2") {
 		t.Errorf("TLS 1.1-only server: %+v, want a NetworkError that asks for TLS 1.2", res)
 	}
@@ -374,6 +376,7 @@ func TestSendAddressPolicy(t *testing.T) {
 	if res.Class != dispatcher.ClassBlocked {
 		t.Fatalf("default policy: %+v, want Blocked", res)
 	}
+	t.Logf("status.lastError: %s", res.Error)
 	for _, want := range []string{"outbound address policy", "127.0.0.1", "loopback", dispatcher.FlagOutboundAllowCIDRs} {
 		if !strings.Contains(res.Error, want) {
 			t.Errorf("error %q does not say %q", res.Error, want)
