@@ -86,6 +86,7 @@ func runManager(args []string) error {
 	fs.DurationVar(&opts.SecretTTL, "secret-ttl", opts.SecretTTL, "How long a Secret read is reused; a changed Secret is used within this time.")
 	fs.DurationVar(&opts.WaitRetryInterval, "wait-retry-interval", opts.WaitRetryInterval, "How often a delivery waiting for a missing endpoint or Secret looks again.")
 	fs.DurationVar(&opts.HealthUpdateInterval, "health-update-interval", opts.HealthUpdateInterval, "Least time between two writes of an endpoint's delivery health to its status.")
+	fs.DurationVar(&opts.AutoDisableAfter, "auto-disable-after", opts.AutoDisableAfter, "Disable an endpoint whose attempts have all failed for this long; its deliveries are parked until it is re-enabled with the webhooks.docrouter.ai/enable annotation. 0 turns the policy off.")
 	fs.DurationVar(&opts.SucceededRetention, "succeeded-retention", opts.SucceededRetention, "How long a Succeeded delivery is kept before it is deleted; 0 keeps it.")
 	fs.DurationVar(&opts.FailedRetention, "failed-retention", opts.FailedRetention, "How long a Failed delivery is kept before it is deleted; 0 keeps it.")
 	var allowCIDRs, denyCIDRs string

@@ -27,6 +27,8 @@ type healthStats struct {
 	LastSuccessTime     *metav1.Time
 	LastFailureTime     *metav1.Time
 	ConsecutiveFailures int32
+	// FailingSince is the first failure of the current run of failures.
+	FailingSince *metav1.Time
 }
 
 // healthTransition names a change worth an Event.
@@ -54,17 +56,18 @@ func (h *endpointHealth) record(ep *webhooksv1alpha1.WebhookEndpoint, success bo
 	s, ok := h.entries[key]
 	if !ok {
 		s = healthStats{LastSuccessTime: ep.Status.LastSuccessTime, LastFailureTime: ep.Status.LastFailureTime,
-			ConsecutiveFailures: ep.Status.ConsecutiveFailures}
+			ConsecutiveFailures: ep.Status.ConsecutiveFailures, FailingSince: ep.Status.FailingSince}
 	}
 	transition := transitionNone
 	if success {
 		if s.ConsecutiveFailures > 0 {
 			transition = transitionRecovered
 		}
-		s.ConsecutiveFailures, s.LastSuccessTime = 0, &t
+		s.ConsecutiveFailures, s.LastSuccessTime, s.FailingSince = 0, &t, nil
 	} else {
 		if s.ConsecutiveFailures == 0 {
 			transition = transitionFailing
+			s.FailingSince = &t
 		}
 		s.ConsecutiveFailures++
 		s.LastFailureTime = &t
@@ -87,6 +90,18 @@ func (h *endpointHealth) get(key types.NamespacedName) (healthStats, bool) {
 	defer h.mu.Unlock()
 	s, ok := h.entries[key]
 	return s, ok
+}
+
+// restart starts a new run of failures from at, for an endpoint that was re-enabled: it gets
+// the whole auto-disable period again.
+func (h *endpointHealth) restart(key types.NamespacedName, at time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s, ok := h.entries[key]; ok && s.FailingSince != nil {
+		t := metav1.NewTime(at)
+		s.FailingSince = &t
+		h.entries[key] = s
+	}
 }
 
 // forget drops a deleted endpoint.

@@ -30,6 +30,9 @@ type Options struct {
 	WaitRetryInterval time.Duration
 	// HealthUpdateInterval bounds how often an endpoint's status is written with delivery health.
 	HealthUpdateInterval time.Duration
+	// AutoDisableAfter disables an endpoint whose attempts have all failed for this long; its
+	// deliveries are parked until it is re-enabled. 0 turns the policy off.
+	AutoDisableAfter time.Duration
 	// SucceededRetention and FailedRetention are how long finished deliveries are kept before
 	// they are deleted; 0 keeps them forever.
 	SucceededRetention time.Duration
@@ -44,6 +47,7 @@ func DefaultOptions() Options {
 		SecretTTL:              5 * time.Second,
 		WaitRetryInterval:      10 * time.Second,
 		HealthUpdateInterval:   10 * time.Second,
+		AutoDisableAfter:       5 * 24 * time.Hour,
 		SucceededRetention:     7 * 24 * time.Hour,
 		FailedRetention:        30 * 24 * time.Hour,
 	}

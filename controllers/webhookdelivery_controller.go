@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -33,6 +34,7 @@ const (
 	ReasonRetriesExhausted  = "RetriesExhausted"
 	ReasonEndpointNotFound  = "EndpointNotFound"
 	ReasonEndpointPaused    = "EndpointPaused"
+	ReasonEndpointDisabled  = "EndpointDisabled"
 	ReasonInvalidEvent      = "InvalidEvent"
 	ReasonEndpointFailing   = "EndpointFailing"
 	ReasonEndpointRecovered = "EndpointRecovered"
@@ -161,6 +163,12 @@ func (r *WebhookDeliveryReconciler) endpointFor(ctx context.Context, d *webhooks
 				r.Options.WaitRetryInterval}, nil
 		}
 		return nil, credentials{}, nil, err
+	}
+	if ep.Status.DisabledSince != nil {
+		// Parked, not dropped: the endpoint watch wakes the delivery when it is re-enabled.
+		return nil, credentials{}, &waitReason{ReasonEndpointDisabled,
+			fmt.Sprintf("WebhookEndpoint %q was auto-disabled after failing for a long time; the delivery is parked until the endpoint is re-enabled with the %s annotation",
+				ep.Name, webhooksv1alpha1.EnableAnnotation), 0}, nil
 	}
 	if ep.Spec.Paused {
 		// The endpoint watch wakes the delivery when the endpoint is unpaused.
@@ -437,6 +445,19 @@ func (r *WebhookDeliveryReconciler) deliveriesOf(ctx context.Context, ep *webhoo
 	return reqs
 }
 
+// enabledChanged passes endpoint updates that disable or re-enable the endpoint (a status
+// change), so that parked deliveries resume at once.
+var enabledChanged = predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		o, ok1 := e.ObjectOld.(*webhooksv1alpha1.WebhookEndpoint)
+		n, ok2 := e.ObjectNew.(*webhooksv1alpha1.WebhookEndpoint)
+		return ok1 && ok2 && (o.Status.DisabledSince == nil) != (n.Status.DisabledSince == nil)
+	},
+	CreateFunc: func(event.CreateEvent) bool { return false },
+	DeleteFunc: func(event.DeleteEvent) bool { return false },
+	GenericFunc: func(event.GenericEvent) bool { return false },
+}
+
 // SetupWithManager registers the controller. Status writes of the controller itself do not
 // trigger a reconcile: only creation, spec changes (none: the spec is immutable) and annotation
 // changes (the retry annotation) do, besides the schedule's RequeueAfter.
@@ -458,7 +479,7 @@ func (r *WebhookDeliveryReconciler) SetupWithManager(ctx context.Context, mgr ct
 			handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 				return r.deliveriesOf(ctx, o.(*webhooksv1alpha1.WebhookEndpoint))
 			}),
-			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, enabledChanged))).
 		WatchesRawSource(source.Channel(r.limiter.wake, &handler.TypedEnqueueRequestForObject[*webhooksv1alpha1.WebhookDelivery]{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.Workers, RateLimiter: failureRateLimiter()}).
 		Complete(r)

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"fmt"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -32,6 +33,10 @@ const (
 	ReasonValid      = "Valid"
 	ReasonPaused     = "Paused"
 	ReasonInvalidURL = "InvalidURL"
+	// ReasonAutoDisabled: every attempt failed for the auto-disable period.
+	ReasonAutoDisabled = "AutoDisabled"
+	// ReasonReEnabled: the enable annotation re-enabled an auto-disabled endpoint.
+	ReasonReEnabled = "ReEnabled"
 	ReasonTestSent   = "TestDeliveryCreated"
 	// ReasonRetryingFailed is the Event of the retry-failed annotation.
 	ReasonRetryingFailed = "RetryingFailed"
@@ -71,7 +76,10 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	base := ep.DeepCopy()
-	wasReady := meta.FindStatusCondition(ep.Status.Conditions, webhooksv1alpha1.ConditionReady)
+	var wasReady *metav1.Condition // a copy: SetStatusCondition changes the slice in place
+	if c := meta.FindStatusCondition(ep.Status.Conditions, webhooksv1alpha1.ConditionReady); c != nil {
+		wasReady = c.DeepCopy()
+	}
 
 	defer func() {
 		ep.Status.ObservedGeneration = ep.Generation
@@ -88,7 +96,9 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err := r.retryFailed(ctx, ep); err != nil {
 		return ctrl.Result{}, err
 	}
+	r.enable(ep)
 	requeue := r.copyHealth(ep)
+	requeue = minPositive(requeue, r.autoDisable(ep))
 
 	ready, credentialProblem, err := r.readiness(ctx, ep)
 	if err != nil {
@@ -126,12 +136,55 @@ func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv
 		ready.Reason, ready.Message = cerr.reason, cerr.message
 		return ready, true, nil
 	}
+	if since := ep.Status.DisabledSince; since != nil {
+		ready.Reason = ReasonAutoDisabled
+		ready.Message = fmt.Sprintf("auto-disabled at %s: every attempt failed for %s; its deliveries are parked. "+
+			"Fix the receiver, then: kubectl annotate webhookendpoint %s %s=$(date +%%s) --overwrite",
+			since.UTC().Format(time.RFC3339), r.Options.AutoDisableAfter, ep.Name, webhooksv1alpha1.EnableAnnotation)
+		return ready, false, nil
+	}
 	if ep.Spec.Paused {
 		ready.Reason, ready.Message = ReasonPaused, "spec.paused is true: deliveries wait until it is false"
 		return ready, false, nil
 	}
 	ready.Status, ready.Reason, ready.Message = metav1.ConditionTrue, ReasonValid, "the URL and Secrets are valid; deliveries are sent"
 	return ready, false, nil
+}
+
+// autoDisable disables an endpoint whose attempts have all failed for Options.AutoDisableAfter,
+// and returns when to look again while it is failing but not yet past that period.
+func (r *WebhookEndpointReconciler) autoDisable(ep *webhooksv1alpha1.WebhookEndpoint) time.Duration {
+	after, since := r.Options.AutoDisableAfter, ep.Status.FailingSince
+	if after <= 0 || since == nil || ep.Status.DisabledSince != nil {
+		return 0
+	}
+	now := r.Clock.Now()
+	if wait := since.Add(after).Sub(now); wait > 0 {
+		return wait
+	}
+	// The Ready condition says so, and its change is announced with a Warning Event.
+	ep.Status.DisabledSince = &metav1.Time{Time: now}
+	return 0
+}
+
+// enable re-enables an auto-disabled endpoint once per value of the enable annotation. The
+// endpoint gets the whole auto-disable period again before it can be disabled anew.
+func (r *WebhookEndpointReconciler) enable(ep *webhooksv1alpha1.WebhookEndpoint) {
+	token := ep.Annotations[webhooksv1alpha1.EnableAnnotation]
+	if token == "" || token == ep.Status.LastEnableToken {
+		return
+	}
+	ep.Status.LastEnableToken = token
+	if ep.Status.DisabledSince == nil {
+		return
+	}
+	now := r.Clock.Now()
+	ep.Status.DisabledSince = nil
+	if ep.Status.FailingSince != nil {
+		ep.Status.FailingSince = &metav1.Time{Time: now}
+	}
+	r.health.restart(types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}, now)
+	r.Recorder.Eventf(ep, nil, "Normal", ReasonReEnabled, "Enable", "re-enabled; parked deliveries resume")
 }
 
 // sendTest creates one webhook.test delivery per value of the test annotation. The delivery's
@@ -222,7 +275,8 @@ func (r *WebhookEndpointReconciler) copyHealth(ep *webhooksv1alpha1.WebhookEndpo
 		return 0
 	}
 	s := &ep.Status
-	if h.ConsecutiveFailures == s.ConsecutiveFailures && h.LastSuccessTime.Equal(s.LastSuccessTime) && h.LastFailureTime.Equal(s.LastFailureTime) {
+	if h.ConsecutiveFailures == s.ConsecutiveFailures && h.LastSuccessTime.Equal(s.LastSuccessTime) &&
+		h.LastFailureTime.Equal(s.LastFailureTime) && h.FailingSince.Equal(s.FailingSince) {
 		return 0
 	}
 	now := r.Clock.Now()
@@ -235,6 +289,7 @@ func (r *WebhookEndpointReconciler) copyHealth(ep *webhooksv1alpha1.WebhookEndpo
 	}
 	r.lastHealthWrite[key] = now
 	s.ConsecutiveFailures, s.LastSuccessTime, s.LastFailureTime = h.ConsecutiveFailures, h.LastSuccessTime, h.LastFailureTime
+	s.FailingSince = h.FailingSince
 	return 0
 }
 

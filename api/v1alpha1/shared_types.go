@@ -12,6 +12,11 @@ const (
 	//   kubectl annotate webhookendpoint NAME webhooks.docrouter.ai/retry-failed=$(date +%s) --overwrite
 	RetryFailedAnnotation = "webhooks.docrouter.ai/retry-failed"
 
+	// EnableAnnotation on a WebhookEndpoint re-enables an endpoint the operator auto-disabled
+	// (status.disabledSince), once per value; its parked deliveries resume:
+	//   kubectl annotate webhookendpoint NAME webhooks.docrouter.ai/enable=$(date +%s) --overwrite
+	EnableAnnotation = "webhooks.docrouter.ai/enable"
+
 	// TestAnnotation on a WebhookEndpoint creates one webhook.test delivery for it, once per value.
 	TestAnnotation = "webhooks.docrouter.ai/test"
 

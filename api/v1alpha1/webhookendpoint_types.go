@@ -220,6 +220,21 @@ type WebhookEndpointStatus struct {
 	// +optional
 	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
 
+	// failingSince is when the current run of failed attempts began; unset after a success.
+	// +optional
+	FailingSince *metav1.Time `json:"failingSince,omitempty"`
+
+	// disabledSince is set when the operator auto-disabled the endpoint because every attempt
+	// failed for the operator's --auto-disable-after period (5 days by default). Its deliveries
+	// are parked, not dropped, until the endpoint is re-enabled with the
+	// webhooks.docrouter.ai/enable annotation.
+	// +optional
+	DisabledSince *metav1.Time `json:"disabledSince,omitempty"`
+
+	// lastEnableToken is the last value of the webhooks.docrouter.ai/enable annotation handled.
+	// +optional
+	LastEnableToken string `json:"lastEnableToken,omitempty"`
+
 	// lastTestToken is the last value of the webhooks.docrouter.ai/test annotation that was
 	// turned into a webhook.test delivery.
 	// +optional
