@@ -154,11 +154,15 @@ func TestCABundleRef(t *testing.T) {
 		newEndpoint(ns, "system-roots", srv.URL),
 		newEndpoint(ns, "missing-ca", srv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
 			ep.Spec.CABundleRef = &webhooksv1alpha1.CABundleRef{Kind: "Secret", Name: "no-such-secret", Key: "ca.crt"}
+		}),
+		newEndpoint(ns, "wrong-key", srv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
+			ep.Spec.CABundleRef = &webhooksv1alpha1.CABundleRef{Kind: "ConfigMap", Name: "receiver-ca", Key: "tls.crt"}
 		}))
 	ok := webhooksv1alpha1.NewDelivery(ns, "private-ca", newEvent("evt-ca"))
 	untrusted := webhooksv1alpha1.NewDelivery(ns, "system-roots", newEvent("evt-roots"))
 	waiting := webhooksv1alpha1.NewDelivery(ns, "missing-ca", newEvent("evt-missing"))
-	create(t, ok, untrusted, waiting)
+	wrongKey := webhooksv1alpha1.NewDelivery(ns, "wrong-key", newEvent("evt-wrong-key"))
+	create(t, ok, untrusted, waiting, wrongKey)
 
 	g.Eventually(func(g Gomega) {
 		g.Expect(getDelivery(g, ns, ok.Name).Status.Phase).To(Equal(webhooksv1alpha1.PhaseSucceeded))
@@ -172,6 +176,11 @@ func TestCABundleRef(t *testing.T) {
 		g.Expect(got.Status.Attempts).To(BeZero())
 		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Reason).To(Equal(ReasonSecretNotFound))
 		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Message).To(ContainSubstring("spec.caBundleRef"))
+
+		got = getDelivery(g, ns, wrongKey.Name)
+		g.Expect(got.Status.Attempts).To(BeZero())
+		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Reason).To(Equal(ReasonCABundleNotFound))
+		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Message).To(ContainSubstring(`no key "tls.crt"`))
 	}).WithTimeout(15 * time.Second).Should(Succeed())
 	g.Expect(rcv.arrivals()).To(HaveLen(1), "only the endpoint that trusts the CA got through")
 }
