@@ -23,6 +23,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher/publish"
+	"github.com/docrouter/webhook-operator/internal/metrics"
 )
 
 // The intake reads endpoints and creates deliveries.
@@ -166,6 +167,7 @@ func (h *Handler) publish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, event.ID)
 		return
 	}
+	metrics.RecordEventPublished(event.Type)
 	log.V(1).Info("event accepted", "namespace", ns, "user", user, "eventId", event.ID,
 		"eventType", event.Type, "deliveries", len(accepted.Deliveries))
 	writeJSON(w, http.StatusAccepted, accepted)

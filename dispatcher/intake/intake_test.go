@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/docrouter/webhook-operator/internal/metrics"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -186,6 +188,10 @@ func TestPublishFansOutToSubscribedEndpointsOnce(t *testing.T) {
 	endpoint(t, ns, "llm", llm.URL, "llm.completed", "llm.error")
 	base := startIntake(t, ns, intake.Options{}, true)
 	token := publisher(t, ns, "pipeline", true)
+	published := func() float64 {
+		return testutil.ToFloat64(metrics.EventsPublished.WithLabelValues("document.uploaded"))
+	}
+	publishedBefore := published()
 
 	acc := post(t, base, ns, token, fmt.Appendf(nil, uploaded, "1")).accepted(t)
 	g.Expect(acc.EventID).To(Equal("evt-1"))
@@ -217,6 +223,7 @@ func TestPublishFansOutToSubscribedEndpointsOnce(t *testing.T) {
 	g.Expect(deliveries(t, ns)).To(HaveLen(2))
 	g.Consistently(func() []int { return []int{docs.Count(), all.Count(), llm.Count()} }, 2*time.Second, 100*time.Millisecond).
 		Should(Equal([]int{1, 1, 0}))
+	g.Expect(published()-publishedBefore).To(Equal(2.0), "docrouter_webhook_events_published_total counts accepted publishes")
 }
 
 func TestPublishWithoutIDOrTimestampGeneratesThem(t *testing.T) {
