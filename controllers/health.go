@@ -20,6 +20,9 @@ type endpointHealth struct {
 
 	mu      sync.Mutex
 	entries map[types.NamespacedName]healthStats
+	// woken holds the endpoints that have a reconcile coming, so that a busy endpoint costs one
+	// endpoint reconcile per HealthUpdateInterval, not one per attempt.
+	woken map[types.NamespacedName]bool
 }
 
 // healthStats is the part of an endpoint's status that attempts change.
@@ -44,6 +47,7 @@ func newEndpointHealth() *endpointHealth {
 	return &endpointHealth{
 		wake:    make(chan event.TypedGenericEvent[*webhooksv1alpha1.WebhookEndpoint], 1024),
 		entries: map[types.NamespacedName]healthStats{},
+		woken:   map[types.NamespacedName]bool{},
 	}
 }
 
@@ -73,23 +77,39 @@ func (h *endpointHealth) record(ep *webhooksv1alpha1.WebhookEndpoint, success bo
 		s.LastFailureTime = &t
 	}
 	h.entries[key] = s
+	wake := transition != transitionNone || !h.woken[key]
+	h.woken[key] = true
 	h.mu.Unlock()
 
-	wake := &webhooksv1alpha1.WebhookEndpoint{}
-	wake.Namespace, wake.Name = ep.Namespace, ep.Name
-	select {
-	case h.wake <- event.TypedGenericEvent[*webhooksv1alpha1.WebhookEndpoint]{Object: wake}:
-	default: // the endpoint is reconciled again soon anyway; the aggregate is not lost
+	if wake {
+		obj := &webhooksv1alpha1.WebhookEndpoint{}
+		obj.Namespace, obj.Name = ep.Namespace, ep.Name
+		select {
+		case h.wake <- event.TypedGenericEvent[*webhooksv1alpha1.WebhookEndpoint]{Object: obj}:
+		default: // full: let the next attempt try again
+			h.mu.Lock()
+			h.woken[key] = false
+			h.mu.Unlock()
+		}
 	}
 	return transition
 }
 
-// get returns the aggregate of an endpoint, if any attempt was recorded since the start.
-func (h *endpointHealth) get(key types.NamespacedName) (healthStats, bool) {
+// take returns the aggregate of an endpoint, if any attempt was recorded since the start. The
+// next attempt wakes the endpoint again, unless hold says a reconcile is already scheduled.
+func (h *endpointHealth) take(key types.NamespacedName) (healthStats, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	delete(h.woken, key)
 	s, ok := h.entries[key]
 	return s, ok
+}
+
+// hold notes that the endpoint's reconcile is scheduled (a write held back by the rate bound).
+func (h *endpointHealth) hold(key types.NamespacedName) {
+	h.mu.Lock()
+	h.woken[key] = true
+	h.mu.Unlock()
 }
 
 // restart starts a new run of failures from at, for an endpoint that was re-enabled: it gets
@@ -108,5 +128,6 @@ func (h *endpointHealth) restart(key types.NamespacedName, at time.Time) {
 func (h *endpointHealth) forget(key types.NamespacedName) {
 	h.mu.Lock()
 	delete(h.entries, key)
+	delete(h.woken, key)
 	h.mu.Unlock()
 }

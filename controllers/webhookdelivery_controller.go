@@ -453,8 +453,8 @@ var enabledChanged = predicate.Funcs{
 		n, ok2 := e.ObjectNew.(*webhooksv1alpha1.WebhookEndpoint)
 		return ok1 && ok2 && (o.Status.DisabledSince == nil) != (n.Status.DisabledSince == nil)
 	},
-	CreateFunc: func(event.CreateEvent) bool { return false },
-	DeleteFunc: func(event.DeleteEvent) bool { return false },
+	CreateFunc:  func(event.CreateEvent) bool { return false },
+	DeleteFunc:  func(event.DeleteEvent) bool { return false },
 	GenericFunc: func(event.GenericEvent) bool { return false },
 }
 

@@ -1,12 +1,12 @@
 package controllers
 
 import (
-	"fmt"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/url"
 	"sync"
 	"time"
@@ -37,7 +37,7 @@ const (
 	ReasonAutoDisabled = "AutoDisabled"
 	// ReasonReEnabled: the enable annotation re-enabled an auto-disabled endpoint.
 	ReasonReEnabled = "ReEnabled"
-	ReasonTestSent   = "TestDeliveryCreated"
+	ReasonTestSent  = "TestDeliveryCreated"
 	// ReasonRetryingFailed is the Event of the retry-failed annotation.
 	ReasonRetryingFailed = "RetryingFailed"
 )
@@ -270,7 +270,7 @@ func (r *WebhookEndpointReconciler) retryFailed(ctx context.Context, ep *webhook
 // look again if a write was held back.
 func (r *WebhookEndpointReconciler) copyHealth(ep *webhooksv1alpha1.WebhookEndpoint) time.Duration {
 	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
-	h, ok := r.health.get(key)
+	h, ok := r.health.take(key)
 	if !ok {
 		return 0
 	}
@@ -284,6 +284,7 @@ func (r *WebhookEndpointReconciler) copyHealth(ep *webhooksv1alpha1.WebhookEndpo
 	defer r.mu.Unlock()
 	if last, ok := r.lastHealthWrite[key]; ok && (h.ConsecutiveFailures == 0) == (s.ConsecutiveFailures == 0) {
 		if wait := last.Add(r.Options.HealthUpdateInterval).Sub(now); wait > 0 {
+			r.health.hold(key)
 			return wait
 		}
 	}

@@ -14,12 +14,12 @@ import (
 
 // Request is one request a Receiver got.
 type Request struct {
-	At       time.Time
-	Header   http.Header
-	Body     []byte
-	Verified bool  // the X-DocRouter-Signature matched the receiver's key
+	At        time.Time
+	Header    http.Header
+	Body      []byte
+	Verified  bool  // the X-DocRouter-Signature matched the receiver's key
 	VerifyErr error // why not
-	Status   int   // what the receiver answered
+	Status    int   // what the receiver answered
 }
 
 // Receiver is a real HTTP server on loopback that verifies each request's signature, as a
@@ -29,9 +29,9 @@ type Receiver struct {
 	*httptest.Server
 	Key []byte
 
-	mu       sync.Mutex
-	statuses []int // answered in turn; the last one repeats
-	requests []Request
+	mu        sync.Mutex
+	statuses  []int // answered in turn; the last one repeats
+	requests  []Request
 	onRequest func(*http.Request)
 }
 
