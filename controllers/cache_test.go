@@ -10,6 +10,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -38,57 +39,10 @@ func heavyDelivery(phase webhooksv1alpha1.DeliveryPhase) *webhooksv1alpha1.Webho
 	return d
 }
 
-// A finished delivery is cached without its event body, history and conditions, but with all
-// that decides its future (phase, attempts, completion time, retry tokens, labels); an
-// unfinished one keeps everything but managed fields.
-func TestStripFinishedDelivery(t *testing.T) {
-	for _, phase := range []webhooksv1alpha1.DeliveryPhase{webhooksv1alpha1.PhaseSucceeded, webhooksv1alpha1.PhaseFailed} {
-		t.Run(string(phase), func(t *testing.T) {
-			g := NewWithT(t)
-			out, err := StripFinishedDelivery(heavyDelivery(phase))
-			g.Expect(err).NotTo(HaveOccurred())
-			d := out.(*webhooksv1alpha1.WebhookDelivery)
-			g.Expect(d.ManagedFields).To(BeNil())
-			g.Expect(d.Annotations).To(Equal(map[string]string{webhooksv1alpha1.RetryAnnotation: "t1"}))
-			g.Expect(d.Labels).To(HaveKeyWithValue(webhooksv1alpha1.EndpointLabel, "crm"))
-			g.Expect(d.Spec.EndpointRef.Name).To(Equal("crm"))
-			g.Expect(d.Spec.Event).To(Equal(webhooksv1alpha1.Event{ID: "evt-1", Type: webhooksv1alpha1.EventLLMCompleted, Timestamp: 1640995200}))
-			g.Expect(d.Status.History).To(BeNil())
-			g.Expect(d.Status.Conditions).To(BeNil())
-			g.Expect(d.Status.LastError).To(BeEmpty())
-			g.Expect(d.Status.Phase).To(Equal(phase))
-			g.Expect(d.Status.Attempts).To(Equal(int32(2)))
-			g.Expect(d.Status.LastRetryToken).To(Equal("t0"))
-			g.Expect(d.Status.CompletionTime).NotTo(BeNil())
-
-			again, err := StripFinishedDelivery(d.DeepCopy())
-			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(again).To(Equal(d), "the transform is idempotent")
-		})
-	}
-	t.Run("Retrying", func(t *testing.T) {
-		g := NewWithT(t)
-		in := heavyDelivery(webhooksv1alpha1.PhaseRetrying)
-		want := in.DeepCopy()
-		want.ManagedFields = nil
-		delete(want.Annotations, corev1.LastAppliedConfigAnnotation)
-		out, err := StripFinishedDelivery(in)
-		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(out).To(Equal(want))
-	})
-	t.Run("other kinds pass through", func(t *testing.T) {
-		g := NewWithT(t)
-		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "x"}}}}
-		out, err := StripFinishedDelivery(s)
-		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(out.(*corev1.Secret).ManagedFields).To(HaveLen(1))
-	})
-}
-
-// With the operator's cache options, a Failed delivery sits stripped in the cache; a manual
-// retry still sends the whole event and keeps the whole attempt history, because the
-// reconciler reads the record through the API reader first.
-func TestManualRetryOfStrippedFailedDelivery(t *testing.T) {
+// With the operator's cache options, a delivery leaves the cache when it fails (it costs the
+// operator no memory then); a manual retry is still noticed, sends the whole event and keeps
+// the whole attempt history, because the reconciler reads the record through the API.
+func TestManualRetryOfFailedDeliveryOutsideTheCache(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := env.Namespace(t)
@@ -103,7 +57,9 @@ func TestManualRetryOfStrippedFailedDelivery(t *testing.T) {
 	var cached client.Reader
 	env.StartManager(t, opts, func(ctx context.Context, mgr ctrl.Manager) error {
 		cached = mgr.GetCache()
-		return Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), DefaultOptions(), nil)
+		o := DefaultOptions()
+		o.Namespaces = []string{ns}
+		return Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), o, nil)
 	})
 
 	g.Expect(env.Client.Create(ctx, &webhooksv1alpha1.WebhookEndpoint{
@@ -119,13 +75,12 @@ func TestManualRetryOfStrippedFailedDelivery(t *testing.T) {
 	g.Expect(env.Client.Create(ctx, d)).To(Succeed())
 	k := client.ObjectKeyFromObject(d)
 
-	// Failed after its single attempt; the cache holds it stripped, the API server whole.
+	// Failed after its single attempt: gone from the cache, whole on the API server.
 	g.Eventually(func(g Gomega) {
 		got := &webhooksv1alpha1.WebhookDelivery{}
-		g.Expect(cached.Get(ctx, k, got)).To(Succeed())
+		g.Expect(env.Client.Get(ctx, k, got)).To(Succeed())
 		g.Expect(got.Status.Phase).To(Equal(webhooksv1alpha1.PhaseFailed))
-		g.Expect(got.Status.History).To(BeEmpty())
-		g.Expect(got.Spec.Event.Data).To(BeNil())
+		g.Expect(apierrors.IsNotFound(cached.Get(ctx, k, &webhooksv1alpha1.WebhookDelivery{}))).To(BeTrue())
 	}).WithTimeout(15 * time.Second).Should(Succeed())
 	full := &webhooksv1alpha1.WebhookDelivery{}
 	g.Expect(env.Client.Get(ctx, k, full)).To(Succeed())
@@ -155,4 +110,37 @@ func TestManualRetryOfStrippedFailedDelivery(t *testing.T) {
 	g.Expect(json.Unmarshal(reqs[1].Body, &body)).To(Succeed())
 	g.Expect(body).To(HaveKeyWithValue("data", map[string]any{"invoice_total": "1250.00"}), "the retry sends the whole event")
 	g.Expect(body["document"]).To(HaveKeyWithValue("metadata", map[string]any{"source": "email"}))
+}
+
+// Finished deliveries are deleted after their retention period by the sweep, each with one
+// delete; a retention of 0 keeps them.
+func TestRetentionSweepDeletesExpiredDeliveries(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	signingSecret(t, ns)
+	ok, down := testenv.NewReceiver(t, testKey, http.StatusOK), testenv.NewReceiver(t, testKey, http.StatusInternalServerError)
+	opts := testOptions()
+	opts.SucceededRetention, opts.FailedRetention, opts.RetentionSweepInterval = 2*time.Second, 0, 500*time.Millisecond
+	startOperator(t, ns, opts)
+	create(t, newEndpoint(ns, "ok", ok.URL), newEndpoint(ns, "down", down.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
+		ep.Spec.RetryPolicy = fastRetries(0)
+	}))
+	succeeded := webhooksv1alpha1.NewDelivery(ns, "ok", newEvent("evt-kept-briefly"))
+	failed := webhooksv1alpha1.NewDelivery(ns, "down", newEvent("evt-kept"))
+	create(t, succeeded, failed)
+
+	g.Eventually(func(g Gomega) {
+		g.Expect(getDelivery(g, ns, succeeded.Name).Status.Phase).To(Equal(webhooksv1alpha1.PhaseSucceeded))
+		g.Expect(getDelivery(g, ns, failed.Name).Status.Phase).To(Equal(webhooksv1alpha1.PhaseFailed))
+	}).WithTimeout(10 * time.Second).Should(Succeed())
+	g.Consistently(func() error {
+		return env.Client.Get(ctx, client.ObjectKeyFromObject(succeeded), &webhooksv1alpha1.WebhookDelivery{})
+	}).WithTimeout(time.Second).Should(Succeed(), "kept for its retention period")
+	g.Eventually(func() bool {
+		return apierrors.IsNotFound(env.Client.Get(ctx, client.ObjectKeyFromObject(succeeded), &webhooksv1alpha1.WebhookDelivery{}))
+	}).WithTimeout(10*time.Second).Should(BeTrue(), "deleted after it")
+	g.Consistently(func() error {
+		return env.Client.Get(ctx, client.ObjectKeyFromObject(failed), &webhooksv1alpha1.WebhookDelivery{})
+	}).WithTimeout(2*time.Second).Should(Succeed(), "a retention of 0 keeps Failed deliveries")
 }

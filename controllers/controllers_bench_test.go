@@ -35,26 +35,6 @@ func BenchmarkFanOut(b *testing.B) {
 	}
 }
 
-// BenchmarkStripFinishedDelivery is the cache transform's cost per finished delivery seen.
-func BenchmarkStripFinishedDelivery(b *testing.B) {
-	src := heavyDelivery(webhooksv1alpha1.PhaseSucceeded)
-	objs := make([]*webhooksv1alpha1.WebhookDelivery, 0, 1024)
-	b.ReportAllocs()
-	for b.Loop() {
-		if len(objs) == 0 {
-			b.StopTimer()
-			for range 1024 {
-				objs = append(objs, src.DeepCopy())
-			}
-			b.StartTimer()
-		}
-		if _, err := StripFinishedDelivery(objs[len(objs)-1]); err != nil {
-			b.Fatal(err)
-		}
-		objs = objs[:len(objs)-1]
-	}
-}
-
 // BenchmarkInflightLimiter is the per-attempt cost of the per-endpoint in-flight limit.
 func BenchmarkInflightLimiter(b *testing.B) {
 	l := newInflightLimiter(8)

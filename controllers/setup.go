@@ -8,11 +8,14 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
 )
 
@@ -33,6 +36,11 @@ type Options struct {
 	// AutoDisableAfter disables an endpoint whose attempts have all failed for this long; its
 	// deliveries are parked until it is re-enabled. 0 turns the policy off.
 	AutoDisableAfter time.Duration
+	// RetentionSweepInterval is how often finished deliveries past their retention are deleted.
+	RetentionSweepInterval time.Duration
+	// Namespaces restricts the operator to these namespaces; empty means all. It must match the
+	// manager's cache (the tests run one operator per namespace).
+	Namespaces []string
 	// SucceededRetention and FailedRetention are how long finished deliveries are kept before
 	// they are deleted; 0 keeps them forever.
 	SucceededRetention time.Duration
@@ -48,6 +56,7 @@ func DefaultOptions() Options {
 		WaitRetryInterval:      10 * time.Second,
 		HealthUpdateInterval:   10 * time.Second,
 		AutoDisableAfter:       5 * 24 * time.Hour,
+		RetentionSweepInterval: time.Hour,
 		SucceededRetention:     7 * 24 * time.Hour,
 		FailedRetention:        30 * 24 * time.Hour,
 	}
@@ -66,14 +75,27 @@ func Setup(ctx context.Context, mgr ctrl.Manager, sender *dispatcher.Sender, opt
 	deliveries := &WebhookDeliveryReconciler{
 		Client: mgr.GetClient(), Sender: sender, Recorder: recorder, Clock: clk, Jitter: rand.Float64, Options: opts,
 		secrets: secrets, health: health, limiter: newInflightLimiter(opts.MaxInFlightPerEndpoint),
-		expectations: newAttemptExpectations(),
+		expectations:    newAttemptExpectations(),
+		finishedRetries: make(chan event.TypedGenericEvent[*webhooksv1alpha1.WebhookDelivery]),
 	}
 	if err := deliveries.SetupWithManager(ctx, mgr); err != nil {
+		return err
+	}
+	// Finished deliveries are not cached (cache.go): these two serve them.
+	md, err := metadata.NewForConfig(mgr.GetConfig())
+	if err != nil {
+		return err
+	}
+	if err := mgr.Add(&finishedRetryWatcher{client: md, namespaces: opts.Namespaces, out: deliveries.finishedRetries}); err != nil {
+		return err
+	}
+	if err := mgr.Add(&retentionSweeper{reader: mgr.GetAPIReader(), writer: mgr.GetClient(), clock: clk, opts: opts, namespaces: opts.Namespaces}); err != nil {
 		return err
 	}
 	endpoints := &WebhookEndpointReconciler{
 		Client: mgr.GetClient(), Recorder: recorder, Clock: clk, Options: opts,
 		secrets: secrets, health: health, lastHealthWrite: map[types.NamespacedName]time.Time{},
+		apiReader: mgr.GetAPIReader(),
 	}
 	return endpoints.SetupWithManager(mgr)
 }

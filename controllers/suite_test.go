@@ -38,6 +38,7 @@ func testOptions() Options {
 // startOperator runs the controllers against namespace ns, as the operator binary does.
 func startOperator(t *testing.T, ns string, opts Options) (stop func()) {
 	t.Helper()
+	opts.Namespaces = []string{ns}
 	mgrOpts := env.ManagerOptions(ns)
 	mgrOpts.Cache = CacheOptions(mgrOpts.Cache) // as main.go: finished deliveries stripped in the cache
 	return env.StartManager(t, mgrOpts, func(ctx context.Context, mgr ctrl.Manager) error {

@@ -61,8 +61,10 @@ type WebhookDeliveryReconciler struct {
 	health       *endpointHealth
 	limiter      *inflightLimiter
 	expectations *attemptExpectations
-	// apiReader reads a finished delivery whole, bypassing the cache, which strips it.
+	// apiReader reads finished deliveries, which the cache does not hold (cache.go).
 	apiReader client.Reader
+	// finishedRetries brings finished deliveries that carry a retry annotation (retrywatch.go).
+	finishedRetries chan event.TypedGenericEvent[*webhooksv1alpha1.WebhookDelivery]
 }
 
 // +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookdeliveries,verbs=get;list;watch;delete
@@ -74,12 +76,9 @@ type WebhookDeliveryReconciler struct {
 
 // Reconcile delivers one delivery, or waits for it to be due.
 func (r *WebhookDeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	d := &webhooksv1alpha1.WebhookDelivery{}
-	if err := r.Get(ctx, req.NamespacedName, d); err != nil {
-		if apierrors.IsNotFound(err) {
-			r.expectations.forget(req.NamespacedName)
-		}
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+	d, err := r.get(ctx, req.NamespacedName)
+	if d == nil || err != nil {
+		return ctrl.Result{}, err
 	}
 	if held := r.expectations.unwritten(req.NamespacedName, d.UID, d.Status.Attempts); held != nil {
 		// An attempt was made but its status write failed: write it now, do not send again.
@@ -102,17 +101,8 @@ func (r *WebhookDeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	now := r.Clock.Now()
 	token := d.Annotations[webhooksv1alpha1.RetryAnnotation]
 	manual := token != "" && token != d.Status.LastRetryToken
-	if manual && d.Status.Phase.Finished() && r.apiReader != nil {
-		// The cache keeps finished deliveries without their event and history (cache.go): read
-		// the whole record, once per manual retry, before sending it and patching its status.
-		if err := r.apiReader.Get(ctx, req.NamespacedName, d); err != nil {
-			return ctrl.Result{}, client.IgnoreNotFound(err)
-		}
-		token = d.Annotations[webhooksv1alpha1.RetryAnnotation]
-		manual = token != "" && token != d.Status.LastRetryToken
-	}
 	if d.Status.Phase.Finished() && !manual {
-		return r.expire(ctx, d, now)
+		return ctrl.Result{}, nil // retention is the sweeper's (retention.go)
 	}
 	if next := d.Status.NextAttemptTime; !manual && next != nil && now.Before(next.Time) {
 		return ctrl.Result{RequeueAfter: next.Sub(now)}, nil
@@ -144,6 +134,24 @@ func (r *WebhookDeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	r.expectations.expect(req.NamespacedName, d.UID, d.Status.Attempts)
 	return result, nil
+}
+
+// get reads a delivery: from the cache, which holds the unfinished ones, or else through the
+// API reader, for a finished one (a manual retry). nil means it is gone.
+func (r *WebhookDeliveryReconciler) get(ctx context.Context, key types.NamespacedName) (*webhooksv1alpha1.WebhookDelivery, error) {
+	d := &webhooksv1alpha1.WebhookDelivery{}
+	err := r.Get(ctx, key, d)
+	if apierrors.IsNotFound(err) && r.apiReader != nil {
+		err = r.apiReader.Get(ctx, key, d)
+	}
+	if apierrors.IsNotFound(err) {
+		r.expectations.forget(key)
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
 }
 
 // waitReason says why a delivery cannot be attempted now.
@@ -252,7 +260,7 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 		if number > 1 {
 			r.Recorder.Eventf(d, ep, "Normal", ReasonDelivered, "Deliver", "delivered at attempt %d after earlier failures", number)
 		}
-		return r.expiry(d, now), nil
+		return ctrl.Result{}, nil
 
 	case res.StatusCode == http.StatusGone:
 		// 410 is the receiver saying the URL is gone for good: retrying cannot succeed. The note
@@ -263,7 +271,7 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 			number, webhooksv1alpha1.RetryAnnotation)
 		r.finish(d, webhooksv1alpha1.PhaseFailed, ReasonEndpointGone, msg)
 		log.Info("delivery failed: the receiver answered 410 Gone", "attempt", number)
-		return r.expiry(d, now), nil
+		return ctrl.Result{}, nil
 
 	case (manual && wasFinished) || policy.Exhausted(number):
 		msg := fmt.Sprintf("attempt %d failed (%s); no automatic attempt is left: retry with the %s annotation",
@@ -273,7 +281,7 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 		}
 		r.finish(d, webhooksv1alpha1.PhaseFailed, ReasonRetriesExhausted, msg)
 		log.Info("delivery failed, retries exhausted", "attempt", number, "result", res.Class, "statusCode", res.StatusCode)
-		return r.expiry(d, now), nil
+		return ctrl.Result{}, nil
 
 	default:
 		next := now.Add(policy.Delay(number-countManual(d.Status.History), res.RetryAfter, r.Jitter()))
@@ -353,34 +361,6 @@ func setWaiting(d *webhooksv1alpha1.WebhookDelivery, reason, message string) {
 	setConditions(d, metav1.ConditionFalse, reason, message)
 }
 
-// expiry schedules the deletion of a finished delivery after its retention period.
-func (r *WebhookDeliveryReconciler) expiry(d *webhooksv1alpha1.WebhookDelivery, now time.Time) ctrl.Result {
-	retention := r.Options.SucceededRetention
-	if d.Status.Phase == webhooksv1alpha1.PhaseFailed {
-		retention = r.Options.FailedRetention
-	}
-	if retention <= 0 || d.Status.CompletionTime == nil {
-		return ctrl.Result{}
-	}
-	return ctrl.Result{RequeueAfter: max(d.Status.CompletionTime.Add(retention).Sub(now), time.Millisecond)}
-}
-
-// expire deletes a finished delivery whose retention period is over: one write per delivery.
-func (r *WebhookDeliveryReconciler) expire(ctx context.Context, d *webhooksv1alpha1.WebhookDelivery, now time.Time) (ctrl.Result, error) {
-	res := r.expiry(d, now)
-	if res.RequeueAfter == 0 || res.RequeueAfter > time.Millisecond {
-		return res, nil
-	}
-	err := r.Delete(ctx, d, client.Preconditions{UID: &d.UID, ResourceVersion: &d.ResourceVersion})
-	if err == nil {
-		ctrl.LoggerFrom(ctx).V(1).Info("finished delivery expired and deleted", "phase", d.Status.Phase)
-	}
-	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
-		return ctrl.Result{}, nil // gone, or changed: a newer event brings it back
-	}
-	return ctrl.Result{}, err
-}
-
 // patchStatus writes the status delta, and nothing when nothing changed.
 func (r *WebhookDeliveryReconciler) patchStatus(ctx context.Context, base, d *webhooksv1alpha1.WebhookDelivery) error {
 	patch := client.MergeFrom(base)
@@ -445,6 +425,16 @@ func (r *WebhookDeliveryReconciler) deliveriesOf(ctx context.Context, ep *webhoo
 	return reqs
 }
 
+// leftCache drops the delete events of the cache, which a delivery also gets when it finishes
+// (it leaves the field-selected cache): nothing is left to do then, but to forget what was
+// expected of it.
+func (r *WebhookDeliveryReconciler) leftCache() predicate.Funcs {
+	return predicate.Funcs{DeleteFunc: func(e event.DeleteEvent) bool {
+		r.expectations.forget(client.ObjectKeyFromObject(e.Object))
+		return false
+	}}
+}
+
 // enabledChanged passes endpoint updates that disable or re-enable the endpoint (a status
 // change), so that parked deliveries resume at once.
 var enabledChanged = predicate.Funcs{
@@ -474,13 +464,15 @@ func (r *WebhookDeliveryReconciler) SetupWithManager(ctx context.Context, mgr ct
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&webhooksv1alpha1.WebhookDelivery{}, builder.WithPredicates(
-			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}),
+			r.leftCache())).
 		Watches(&webhooksv1alpha1.WebhookEndpoint{},
 			handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 				return r.deliveriesOf(ctx, o.(*webhooksv1alpha1.WebhookEndpoint))
 			}),
 			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, enabledChanged))).
 		WatchesRawSource(source.Channel(r.limiter.wake, &handler.TypedEnqueueRequestForObject[*webhooksv1alpha1.WebhookDelivery]{})).
+		WatchesRawSource(source.Channel(r.finishedRetries, &handler.TypedEnqueueRequestForObject[*webhooksv1alpha1.WebhookDelivery]{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.Workers, RateLimiter: failureRateLimiter()}).
 		Complete(r)
 }

@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
@@ -52,6 +53,8 @@ type WebhookEndpointReconciler struct {
 
 	secrets *secretReader
 	health  *endpointHealth
+	// apiReader lists Failed deliveries, which the cache does not hold.
+	apiReader client.Reader
 
 	mu              sync.Mutex
 	lastHealthWrite map[types.NamespacedName]time.Time
@@ -228,9 +231,12 @@ func (r *WebhookEndpointReconciler) retryFailed(ctx context.Context, ep *webhook
 		ep.Status.LastRetryFailedToken = token
 		return nil
 	}
+	// Failed deliveries are not in the cache (cache.go): ask the API server, by field.
 	var list webhooksv1alpha1.WebhookDeliveryList
-	if err := r.List(ctx, &list, client.InNamespace(ep.Namespace),
-		client.MatchingLabels{webhooksv1alpha1.EndpointLabel: ep.Name}); err != nil {
+	if err := r.apiReader.List(ctx, &list, client.InNamespace(ep.Namespace),
+		client.MatchingFieldsSelector{Selector: fields.AndSelectors(
+			fields.OneTermEqualSelector(webhooksv1alpha1.EndpointField, ep.Name),
+			fields.OneTermEqualSelector(webhooksv1alpha1.PhaseField, string(webhooksv1alpha1.PhaseFailed)))}); err != nil {
 		return err
 	}
 	retried := 0

@@ -111,6 +111,13 @@ const (
 	PhaseFailed DeliveryPhase = "Failed"
 )
 
+// PhaseField is the field selector name of status.phase: `kubectl get whd --field-selector
+// status.phase=Failed` works, and the operator caches only unfinished deliveries with it.
+const PhaseField = "status.phase"
+
+// EndpointField is the field selector name of spec.endpointRef.name.
+const EndpointField = "spec.endpointRef.name"
+
 // Finished reports whether no automatic attempt is left.
 func (p DeliveryPhase) Finished() bool { return p == PhaseSucceeded || p == PhaseFailed }
 
@@ -223,6 +230,8 @@ type WebhookDeliveryStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=whd,categories=webhooks
+// +kubebuilder:selectablefield:JSONPath=`.status.phase`
+// +kubebuilder:selectablefield:JSONPath=`.spec.endpointRef.name`
 // +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.spec.endpointRef.name`
 // +kubebuilder:printcolumn:name="Event",type=string,JSONPath=`.spec.event.type`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
