@@ -88,6 +88,7 @@ func runManager(args []string) error {
 	fs.DurationVar(&opts.HealthUpdateInterval, "health-update-interval", opts.HealthUpdateInterval, "Least time between two writes of an endpoint's delivery health to its status.")
 	fs.DurationVar(&opts.AutoDisableAfter, "auto-disable-after", opts.AutoDisableAfter, "Disable an endpoint whose attempts have all failed for this long; its deliveries are parked until it is re-enabled with the webhooks.docrouter.ai/enable annotation. 0 turns the policy off.")
 	fs.DurationVar(&opts.SucceededRetention, "succeeded-retention", opts.SucceededRetention, "How long a Succeeded delivery is kept before it is deleted; 0 keeps it.")
+	fs.DurationVar(&opts.RetentionSweepInterval, "retention-sweep-interval", opts.RetentionSweepInterval, "How often finished deliveries past their retention are looked for and deleted.")
 	fs.DurationVar(&opts.FailedRetention, "failed-retention", opts.FailedRetention, "How long a Failed delivery is kept before it is deleted; 0 keeps it.")
 	var allowCIDRs, denyCIDRs string
 	fs.StringVar(&allowCIDRs, "outbound-allow-cidrs", "", "Comma-separated CIDRs that webhooks may be sent to although the outbound address policy denies them by default (loopback, link-local, CGNAT...), such as 127.0.0.0/8,::1/128 for a local dev stack. See docs/security.md.")
