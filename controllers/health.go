@@ -32,6 +32,8 @@ type healthStats struct {
 	ConsecutiveFailures int32
 	// FailingSince is the first failure of the current run of failures.
 	FailingSince *metav1.Time
+	// Gone: the last attempt was answered 410 Gone.
+	Gone bool
 }
 
 // healthTransition names a change worth an Event.
@@ -53,7 +55,7 @@ func newEndpointHealth() *endpointHealth {
 
 // record adds one attempt's result. The first result of an endpoint since the operator started
 // continues from its status.
-func (h *endpointHealth) record(ep *webhooksv1alpha1.WebhookEndpoint, success bool, at time.Time) healthTransition {
+func (h *endpointHealth) record(ep *webhooksv1alpha1.WebhookEndpoint, success, gone bool, at time.Time) healthTransition {
 	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
 	t := metav1.NewTime(at)
 	h.mu.Lock()
@@ -76,8 +78,9 @@ func (h *endpointHealth) record(ep *webhooksv1alpha1.WebhookEndpoint, success bo
 		s.ConsecutiveFailures++
 		s.LastFailureTime = &t
 	}
+	wake := transition != transitionNone || !h.woken[key] || (gone && !s.Gone)
+	s.Gone = gone
 	h.entries[key] = s
-	wake := transition != transitionNone || !h.woken[key]
 	h.woken[key] = true
 	h.mu.Unlock()
 
@@ -117,9 +120,12 @@ func (h *endpointHealth) hold(key types.NamespacedName) {
 func (h *endpointHealth) restart(key types.NamespacedName, at time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if s, ok := h.entries[key]; ok && s.FailingSince != nil {
-		t := metav1.NewTime(at)
-		s.FailingSince = &t
+	if s, ok := h.entries[key]; ok {
+		if s.FailingSince != nil {
+			t := metav1.NewTime(at)
+			s.FailingSince = &t
+		}
+		s.Gone = false
 		h.entries[key] = s
 	}
 }

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"encoding/pem"
 	"io"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
@@ -87,6 +89,37 @@ func TestGoneFailsAtOnce(t *testing.T) {
 	// Longer than the first two retries would have waited: still one request.
 	g.Consistently(rcv.Count).WithTimeout(3500 * time.Millisecond).Should(Equal(1))
 	g.Expect(getDelivery(g, ns, d.Name).Status.Attempts).To(Equal(int32(1)))
+
+	// The endpoint is disabled: its next delivery is parked, not sent to a URL that is gone.
+	getEndpoint := func(g Gomega) *webhooksv1alpha1.WebhookEndpoint {
+		ep := &webhooksv1alpha1.WebhookEndpoint{}
+		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "gone"}, ep)).To(Succeed())
+		return ep
+	}
+	g.Eventually(func(g Gomega) {
+		ep := getEndpoint(g)
+		g.Expect(ep.Status.DisabledSince).NotTo(BeNil())
+		g.Expect(ep.Status.DisabledReason).To(Equal(ReasonEndpointGone))
+		g.Expect(condition(ep.Status.Conditions, "Ready").Reason).To(Equal(ReasonEndpointGone))
+	}).WithTimeout(10 * time.Second).Should(Succeed())
+	next := webhooksv1alpha1.NewDelivery(ns, "gone", newEvent("evt-after-gone"))
+	create(t, next)
+	g.Eventually(func(g Gomega) string {
+		return condition(getDelivery(g, ns, next.Name).Status.Conditions, "Ready").Reason
+	}).WithTimeout(10 * time.Second).Should(Equal(ReasonEndpointDisabled))
+	g.Consistently(rcv.Count).WithTimeout(time.Second).Should(Equal(1))
+
+	// Pointing the endpoint at a live receiver (a spec change) re-enables it.
+	moved := testenv.NewReceiver(t, testKey, http.StatusOK)
+	ep := getEndpoint(g)
+	patch := client.MergeFrom(ep.DeepCopy())
+	ep.Spec.URL = moved.URL
+	g.Expect(env.Client.Patch(context.Background(), ep, patch)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		g.Expect(getDelivery(g, ns, next.Name).Status.Phase).To(Equal(webhooksv1alpha1.PhaseSucceeded))
+		g.Expect(getEndpoint(g).Status.DisabledSince).To(BeNil())
+	}).WithTimeout(10 * time.Second).Should(Succeed())
+	g.Expect(moved.Count()).To(Equal(1))
 }
 
 // TestRetryAfterDelaysNextAttempt: a 429 or 503 with Retry-After delays the next attempt by

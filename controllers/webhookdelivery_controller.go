@@ -175,8 +175,8 @@ func (r *WebhookDeliveryReconciler) endpointFor(ctx context.Context, d *webhooks
 	if ep.Status.DisabledSince != nil {
 		// Parked, not dropped: the endpoint watch wakes the delivery when it is re-enabled.
 		return nil, credentials{}, &waitReason{ReasonEndpointDisabled,
-			fmt.Sprintf("WebhookEndpoint %q was auto-disabled after failing for a long time; the delivery is parked until the endpoint is re-enabled with the %s annotation",
-				ep.Name, webhooksv1alpha1.EnableAnnotation), 0}, nil
+			fmt.Sprintf("WebhookEndpoint %q is disabled (%s); the delivery is parked until the endpoint is re-enabled with the %s annotation or a change of its spec",
+				ep.Name, ep.Status.DisabledReason, webhooksv1alpha1.EnableAnnotation), 0}, nil
 	}
 	if ep.Spec.Paused {
 		// The endpoint watch wakes the delivery when the endpoint is unpaused.
@@ -245,7 +245,7 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 	log.V(1).Info("attempt made", "attempt", number, "trigger", trigger, "result", res.Class,
 		"statusCode", res.StatusCode, "durationMs", res.Duration.Milliseconds())
 
-	switch transition := r.health.record(ep, res.Succeeded(), started); transition {
+	switch transition := r.health.record(ep, res.Succeeded(), res.StatusCode == http.StatusGone, started); transition {
 	case transitionFailing:
 		r.Recorder.Eventf(ep, nil, "Warning", ReasonEndpointFailing, "Deliver",
 			"an attempt to this endpoint failed (%s); deliveries are retried per the retry policy", describe(res))
@@ -263,10 +263,9 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 		return ctrl.Result{}, nil
 
 	case res.StatusCode == http.StatusGone:
-		// 410 is the receiver saying the URL is gone for good: retrying cannot succeed. The note
-		// is the same for every delivery, so the recorder folds repeats into one Event's series.
-		r.Recorder.Eventf(ep, nil, "Warning", ReasonEndpointGone, "Deliver",
-			"the receiver answered 410 Gone: deliveries to this endpoint fail at once, without retries; fix spec.url, or pause or delete the endpoint")
+		// 410 is the receiver saying the URL is gone for good: retrying cannot succeed.
+		// The endpoint is disabled too (its reconciler, from the health record): its other
+		// deliveries are parked, not failed one by one, until it is fixed and re-enabled.
 		msg := fmt.Sprintf("attempt %d: the receiver answered 410 Gone, so the delivery is not retried; once the endpoint is fixed, retry with the %s annotation",
 			number, webhooksv1alpha1.RetryAnnotation)
 		r.finish(d, webhooksv1alpha1.PhaseFailed, ReasonEndpointGone, msg)

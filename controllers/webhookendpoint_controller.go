@@ -100,8 +100,8 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{}, err
 	}
 	r.enable(ep)
-	requeue := r.copyHealth(ep)
-	requeue = minPositive(requeue, r.autoDisable(ep))
+	requeue, gone := r.copyHealth(ep)
+	requeue = minPositive(requeue, r.autoDisable(ep, gone))
 
 	ready, credentialProblem, err := r.readiness(ctx, ep)
 	if err != nil {
@@ -140,10 +140,14 @@ func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv
 		return ready, true, nil
 	}
 	if since := ep.Status.DisabledSince; since != nil {
+		why := fmt.Sprintf("every attempt failed for %s", r.Options.AutoDisableAfter)
 		ready.Reason = ReasonAutoDisabled
-		ready.Message = fmt.Sprintf("auto-disabled at %s: every attempt failed for %s; its deliveries are parked. "+
-			"Fix the receiver, then: kubectl annotate webhookendpoint %s %s=$(date +%%s) --overwrite",
-			since.UTC().Format(time.RFC3339), r.Options.AutoDisableAfter, ep.Name, webhooksv1alpha1.EnableAnnotation)
+		if ep.Status.DisabledReason == ReasonEndpointGone {
+			why, ready.Reason = "the receiver answered 410 Gone", ReasonEndpointGone
+		}
+		ready.Message = fmt.Sprintf("disabled at %s: %s; its deliveries are parked. Fix the receiver or spec.url "+
+			"(a spec change re-enables it), or: kubectl annotate webhookendpoint %s %s=$(date +%%s) --overwrite",
+			since.UTC().Format(time.RFC3339), why, ep.Name, webhooksv1alpha1.EnableAnnotation)
 		return ready, false, nil
 	}
 	if ep.Spec.Paused {
@@ -156,17 +160,25 @@ func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv
 
 // autoDisable disables an endpoint whose attempts have all failed for Options.AutoDisableAfter,
 // and returns when to look again while it is failing but not yet past that period.
-func (r *WebhookEndpointReconciler) autoDisable(ep *webhooksv1alpha1.WebhookEndpoint) time.Duration {
-	after, since := r.Options.AutoDisableAfter, ep.Status.FailingSince
-	if after <= 0 || since == nil || ep.Status.DisabledSince != nil {
+// An endpoint whose receiver answered 410 Gone is disabled at once.
+func (r *WebhookEndpointReconciler) autoDisable(ep *webhooksv1alpha1.WebhookEndpoint, gone bool) time.Duration {
+	if ep.Status.DisabledSince != nil {
 		return 0
 	}
 	now := r.Clock.Now()
+	// The Ready condition says so, and its change is announced with a Warning Event.
+	if gone {
+		ep.Status.DisabledSince, ep.Status.DisabledReason = &metav1.Time{Time: now}, ReasonEndpointGone
+		return 0
+	}
+	after, since := r.Options.AutoDisableAfter, ep.Status.FailingSince
+	if after <= 0 || since == nil {
+		return 0
+	}
 	if wait := since.Add(after).Sub(now); wait > 0 {
 		return wait
 	}
-	// The Ready condition says so, and its change is announced with a Warning Event.
-	ep.Status.DisabledSince = &metav1.Time{Time: now}
+	ep.Status.DisabledSince, ep.Status.DisabledReason = &metav1.Time{Time: now}, ReasonAutoDisabled
 	return 0
 }
 
@@ -174,15 +186,17 @@ func (r *WebhookEndpointReconciler) autoDisable(ep *webhooksv1alpha1.WebhookEndp
 // endpoint gets the whole auto-disable period again before it can be disabled anew.
 func (r *WebhookEndpointReconciler) enable(ep *webhooksv1alpha1.WebhookEndpoint) {
 	token := ep.Annotations[webhooksv1alpha1.EnableAnnotation]
-	if token == "" || token == ep.Status.LastEnableToken {
-		return
+	annotated := token != "" && token != ep.Status.LastEnableToken
+	if annotated {
+		ep.Status.LastEnableToken = token
 	}
-	ep.Status.LastEnableToken = token
-	if ep.Status.DisabledSince == nil {
+	// A spec change since the endpoint was disabled (a new URL, say) re-enables it too.
+	specChanged := ep.Status.ObservedGeneration != 0 && ep.Status.ObservedGeneration != ep.Generation
+	if ep.Status.DisabledSince == nil || !(annotated || specChanged) {
 		return
 	}
 	now := r.Clock.Now()
-	ep.Status.DisabledSince = nil
+	ep.Status.DisabledSince, ep.Status.DisabledReason = nil, ""
 	if ep.Status.FailingSince != nil {
 		ep.Status.FailingSince = &metav1.Time{Time: now}
 	}
@@ -274,30 +288,30 @@ func (r *WebhookEndpointReconciler) retryFailed(ctx context.Context, ep *webhook
 // copyHealth copies the in-memory delivery health into status, at most once per
 // HealthUpdateInterval except when the endpoint starts or stops failing. It returns when to
 // look again if a write was held back.
-func (r *WebhookEndpointReconciler) copyHealth(ep *webhooksv1alpha1.WebhookEndpoint) time.Duration {
+func (r *WebhookEndpointReconciler) copyHealth(ep *webhooksv1alpha1.WebhookEndpoint) (requeue time.Duration, gone bool) {
 	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
 	h, ok := r.health.take(key)
 	if !ok {
-		return 0
+		return 0, false
 	}
 	s := &ep.Status
 	if h.ConsecutiveFailures == s.ConsecutiveFailures && h.LastSuccessTime.Equal(s.LastSuccessTime) &&
 		h.LastFailureTime.Equal(s.LastFailureTime) && h.FailingSince.Equal(s.FailingSince) {
-		return 0
+		return 0, h.Gone
 	}
 	now := r.Clock.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if last, ok := r.lastHealthWrite[key]; ok && (h.ConsecutiveFailures == 0) == (s.ConsecutiveFailures == 0) {
-		if wait := last.Add(r.Options.HealthUpdateInterval).Sub(now); wait > 0 {
+		if wait := last.Add(r.Options.HealthUpdateInterval).Sub(now); wait > 0 && !h.Gone {
 			r.health.hold(key)
-			return wait
+			return wait, false
 		}
 	}
 	r.lastHealthWrite[key] = now
 	s.ConsecutiveFailures, s.LastSuccessTime, s.LastFailureTime = h.ConsecutiveFailures, h.LastSuccessTime, h.LastFailureTime
 	s.FailingSince = h.FailingSince
-	return 0
+	return 0, h.Gone
 }
 
 // announce records an Event when the endpoint's readiness changed.

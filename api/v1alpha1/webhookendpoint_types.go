@@ -231,6 +231,12 @@ type WebhookEndpointStatus struct {
 	// +optional
 	DisabledSince *metav1.Time `json:"disabledSince,omitempty"`
 
+	// disabledReason says why the endpoint is disabled: AutoDisabled (every attempt failed for
+	// the auto-disable period) or EndpointGone (the receiver answered 410 Gone). Re-enable with
+	// the webhooks.docrouter.ai/enable annotation, or by changing the spec (a new URL, say).
+	// +optional
+	DisabledReason string `json:"disabledReason,omitempty"`
+
 	// lastEnableToken is the last value of the webhooks.docrouter.ai/enable annotation handled.
 	// +optional
 	LastEnableToken string `json:"lastEnableToken,omitempty"`
