@@ -34,13 +34,8 @@ func TestEndpointAutoDisabledThenReEnabled(t *testing.T) {
 	first := webhooksv1alpha1.NewDelivery(ns, "dead", newEvent("evt-dead-1"))
 	create(t, first)
 
-	getEndpoint := func(g Gomega) *webhooksv1alpha1.WebhookEndpoint {
-		ep := &webhooksv1alpha1.WebhookEndpoint{}
-		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "dead"}, ep)).To(Succeed())
-		return ep
-	}
 	g.Eventually(func(g Gomega) {
-		ep := getEndpoint(g)
+		ep := getEndpoint(g, ns, "dead")
 		g.Expect(ep.Status.DisabledSince).NotTo(BeNil())
 		g.Expect(ep.Status.FailingSince).NotTo(BeNil())
 		ready := condition(ep.Status.Conditions, "Ready")
@@ -65,7 +60,7 @@ func TestEndpointAutoDisabledThenReEnabled(t *testing.T) {
 
 	// The receiver is fixed; re-enabling resumes both deliveries.
 	rcv.SetStatuses(http.StatusOK)
-	ep := getEndpoint(g)
+	ep := getEndpoint(g, ns, "dead")
 	patch := client.MergeFrom(ep.DeepCopy())
 	metav1.SetMetaDataAnnotation(&ep.ObjectMeta, webhooksv1alpha1.EnableAnnotation, "fixed")
 	g.Expect(env.Client.Patch(context.Background(), ep, patch)).To(Succeed())
@@ -73,7 +68,7 @@ func TestEndpointAutoDisabledThenReEnabled(t *testing.T) {
 		for _, name := range []string{first.Name, second.Name} {
 			g.Expect(getDelivery(g, ns, name).Status.Phase).To(Equal(webhooksv1alpha1.PhaseSucceeded))
 		}
-		ep := getEndpoint(g)
+		ep := getEndpoint(g, ns, "dead")
 		g.Expect(ep.Status.DisabledSince).To(BeNil())
 		g.Expect(ep.Status.LastEnableToken).To(Equal("fixed"))
 		g.Expect(condition(ep.Status.Conditions, "Ready").Status).To(Equal(metav1.ConditionTrue))

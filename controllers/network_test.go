@@ -91,13 +91,8 @@ func TestGoneFailsAtOnce(t *testing.T) {
 	g.Expect(getDelivery(g, ns, d.Name).Status.Attempts).To(Equal(int32(1)))
 
 	// The endpoint is disabled: its next delivery is parked, not sent to a URL that is gone.
-	getEndpoint := func(g Gomega) *webhooksv1alpha1.WebhookEndpoint {
-		ep := &webhooksv1alpha1.WebhookEndpoint{}
-		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "gone"}, ep)).To(Succeed())
-		return ep
-	}
 	g.Eventually(func(g Gomega) {
-		ep := getEndpoint(g)
+		ep := getEndpoint(g, ns, "gone")
 		g.Expect(ep.Status.DisabledSince).NotTo(BeNil())
 		g.Expect(ep.Status.DisabledReason).To(Equal(ReasonEndpointGone))
 		g.Expect(condition(ep.Status.Conditions, "Ready").Reason).To(Equal(ReasonEndpointGone))
@@ -111,13 +106,13 @@ func TestGoneFailsAtOnce(t *testing.T) {
 
 	// Pointing the endpoint at a live receiver (a spec change) re-enables it.
 	moved := testenv.NewReceiver(t, testKey, http.StatusOK)
-	ep := getEndpoint(g)
+	ep := getEndpoint(g, ns, "gone")
 	patch := client.MergeFrom(ep.DeepCopy())
 	ep.Spec.URL = moved.URL
 	g.Expect(env.Client.Patch(context.Background(), ep, patch)).To(Succeed())
 	g.Eventually(func(g Gomega) {
 		g.Expect(getDelivery(g, ns, next.Name).Status.Phase).To(Equal(webhooksv1alpha1.PhaseSucceeded))
-		g.Expect(getEndpoint(g).Status.DisabledSince).To(BeNil())
+		g.Expect(getEndpoint(g, ns, "gone").Status.DisabledSince).To(BeNil())
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	g.Expect(moved.Count()).To(Equal(1))
 }

@@ -116,6 +116,12 @@ func getDelivery(g Gomega, ns, name string) *webhooksv1alpha1.WebhookDelivery {
 	return d
 }
 
+func getEndpoint(g Gomega, ns, name string) *webhooksv1alpha1.WebhookEndpoint {
+	ep := &webhooksv1alpha1.WebhookEndpoint{}
+	g.Expect(env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, ep)).To(Succeed())
+	return ep
+}
+
 func condition(conds []metav1.Condition, t string) metav1.Condition {
 	if c := meta.FindStatusCondition(conds, t); c != nil {
 		return *c

@@ -13,9 +13,12 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -174,7 +177,10 @@ func TestNoCredentialsInOutput(t *testing.T) {
 		status.WriteString(mustJSON(t, ep.Status))
 	}
 	sources["status"] = status.String()
-	sources["metrics"] = scrape(t, metricsAddr)
+	sources["metrics"] = scrape(t, metricsAddr, metricsReaderToken(t, ns))
+	if !strings.Contains(sources["metrics"], "docrouter_webhook_attempts_total") {
+		t.Errorf("the scrape holds no docrouter_webhook_attempts_total series: nothing was searched")
+	}
 
 	// Our own credentials must not appear anywhere. The echo endpoint's credentials are split
 	// out: they can only appear because the receiver put them in its answer.
@@ -254,12 +260,17 @@ func mustJSON(t testing.TB, v any) string {
 
 // scrape reads the operator's metrics endpoint (HTTPS with a self-signed certificate, on
 // loopback).
-func scrape(t testing.TB, addr string) string {
+func scrape(t testing.TB, addr, token string) string {
 	t.Helper()
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // the operator's own self-signed loopback endpoint
 	}}
-	resp, err := c.Get("https://" + addr + "/metrics")
+	req, err := http.NewRequest(http.MethodGet, "https://"+addr+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Errorf("scraping the metrics: %v", err)
 		return ""
@@ -270,4 +281,28 @@ func scrape(t testing.TB, addr string) string {
 		t.Errorf("scraping the metrics: HTTP %d: %s", resp.StatusCode, b)
 	}
 	return string(b)
+}
+
+// metricsReaderToken is a ServiceAccount token allowed to GET /metrics, as Prometheus has in a
+// cluster: the metrics endpoint authenticates and authorises every scrape.
+func metricsReaderToken(t testing.TB, ns string) string {
+	t.Helper()
+	ctx := context.Background()
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "prometheus"}}
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: ns + "-metrics-reader"},
+		Rules: []rbacv1.PolicyRule{{NonResourceURLs: []string{"/metrics"}, Verbs: []string{"get"}}}}
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ns + "-metrics-reader"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: ns, Name: sa.Name}}}
+	for _, o := range []client.Object{sa, role, binding} {
+		if err := env.Client.Create(ctx, o); err != nil {
+			t.Fatalf("creating %T: %v", o, err)
+		}
+	}
+	tr, err := kubernetes.NewForConfigOrDie(env.Config).CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa.Name,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](600)}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("requesting a token: %v", err)
+	}
+	return tr.Status.Token
 }
