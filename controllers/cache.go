@@ -48,10 +48,6 @@ func stripForCache(obj any) (any, error) {
 		return obj, nil
 	}
 	o.SetManagedFields(nil)
-	if a := o.GetAnnotations(); a != nil {
-		if _, ok := a[corev1.LastAppliedConfigAnnotation]; ok {
-			delete(a, corev1.LastAppliedConfigAnnotation)
-		}
-	}
+	delete(o.GetAnnotations(), corev1.LastAppliedConfigAnnotation)
 	return o, nil
 }

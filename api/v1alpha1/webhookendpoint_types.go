@@ -285,10 +285,6 @@ type WebhookEndpointList struct {
 	Items           []WebhookEndpoint `json:"items"`
 }
 
-func init() {
-	SchemeBuilder.Register(&WebhookEndpoint{}, &WebhookEndpointList{})
-}
-
 // GetTimeout is the per-attempt timeout, defaulted.
 func (s *WebhookEndpointSpec) GetTimeout() time.Duration {
 	return time.Duration(deref(s.TimeoutSeconds, DefaultTimeoutSeconds)) * time.Second

@@ -83,8 +83,7 @@ func run() error {
 		Err:     os.Stderr,
 	}
 	api := env.ControlPlane.GetAPIServer()
-	api.SecurePort = apiPort
-	api.SecureServing.Address = "127.0.0.1"
+	api.SecureServing.Address, api.SecureServing.Port = "127.0.0.1", strconv.Itoa(apiPort)
 	api.CertDir = certDir
 	api.Out, api.Err = os.Stdout, os.Stderr
 
