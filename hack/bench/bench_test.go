@@ -355,7 +355,9 @@ func startOperator(t *testing.T, ns string) (stop func(), intakeClient *publish.
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), controllers.DefaultOptions(), nil); err != nil {
+	copts := controllers.DefaultOptions()
+	copts.Namespaces = []string{ns} // as the manager's cache
+	if err := controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), copts, nil); err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(intake.NewHandler(mgr.GetClient(), mgr.GetCache(), intake.Options{AllowAnonymous: true}))
