@@ -74,8 +74,7 @@ func TestRetryFailedAnnotationRetriesEveryFailedDeliveryOfTheEndpointOnce(t *tes
 		}).WithTimeout(10 * time.Second).Should(Succeed())
 	}
 	g.Eventually(func(g Gomega) {
-		ep := &webhooksv1alpha1.WebhookEndpoint{}
-		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "crm"}, ep)).To(Succeed())
+		ep := getEndpoint(g, ns, "crm")
 		g.Expect(ep.Status.LastRetryFailedToken).To(Equal("fixed-1"))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	g.Eventually(func(g Gomega) {
@@ -97,8 +96,7 @@ func TestRetryFailedAnnotationRetriesEveryFailedDeliveryOfTheEndpointOnce(t *tes
 	setEndpointAnnotation(g, ns, "crm", webhooksv1alpha1.RetryFailedAnnotation, "fixed-1")
 	setEndpointAnnotation(g, ns, "crm", webhooksv1alpha1.RetryFailedAnnotation, "fixed-2")
 	g.Eventually(func(g Gomega) {
-		ep := &webhooksv1alpha1.WebhookEndpoint{}
-		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "crm"}, ep)).To(Succeed())
+		ep := getEndpoint(g, ns, "crm")
 		g.Expect(ep.Status.LastRetryFailedToken).To(Equal("fixed-2"))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	g.Consistently(func() int { return len(crm.Requests()) }).WithTimeout(2 * time.Second).Should(Equal(7))

@@ -141,8 +141,7 @@ func TestMetricsCountRealDeliveries(t *testing.T) {
 	// An attempt the receiver holds is in flight; unpausing lets the held delivery go.
 	release := make(chan struct{})
 	ok.OnRequest(func(*http.Request) { <-release })
-	ep := &webhooksv1alpha1.WebhookEndpoint{}
-	g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "paused"}, ep)).To(Succeed())
+	ep := getEndpoint(g, ns, "paused")
 	base := ep.DeepCopy()
 	ep.Spec.Paused = false
 	ep.Spec.TimeoutSeconds = ptr.To[int32](10)

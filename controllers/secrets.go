@@ -54,7 +54,7 @@ type secretReader struct {
 	now    func() time.Time
 
 	mu      sync.Mutex
-	entries map[types.NamespacedName]secretEntry
+	entries map[objectKey]secretEntry
 }
 
 type secretEntry struct {
@@ -64,7 +64,7 @@ type secretEntry struct {
 }
 
 func newSecretReader(reader client.Reader, ttl time.Duration, now func() time.Time) *secretReader {
-	return &secretReader{reader: reader, ttl: ttl, now: now, entries: map[types.NamespacedName]secretEntry{}}
+	return &secretReader{reader: reader, ttl: ttl, now: now, entries: map[objectKey]secretEntry{}}
 }
 
 // resolve reads an endpoint's signing keys and auth header value from its own namespace. The
@@ -108,41 +108,21 @@ func (s *secretReader) resolve(ctx context.Context, ep *webhooksv1alpha1.Webhook
 const ReasonCABundleNotFound = "CABundleNotFound"
 
 // caBundle reads spec.caBundleRef from a Secret or a ConfigMap (data or binaryData) of the
-// endpoint's namespace. ConfigMap reads share the Secret reads' cache and ttl.
+// endpoint's namespace, through the same cache and ttl as Secrets.
 func (s *secretReader) caBundle(ctx context.Context, namespace string, ref webhooksv1alpha1.CABundleRef) ([]byte, error) {
 	const field = "spec.caBundleRef"
-	if ref.Kind != "ConfigMap" {
+	if ref.Kind != kindConfigMap {
 		return s.value(ctx, namespace, webhooksv1alpha1.SecretKeyRef{Name: ref.Name, Key: ref.Key}, field)
 	}
-	// ':' cannot occur in an object name, so these keys never meet a Secret's.
-	key := types.NamespacedName{Namespace: namespace, Name: "configmap:" + ref.Name}
-	now := s.now()
-	s.mu.Lock()
-	e, ok := s.entries[key]
-	s.mu.Unlock()
-	if !ok || now.Sub(e.fetched) >= s.ttl {
-		cm := &corev1.ConfigMap{}
-		err := s.reader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: ref.Name}, cm)
-		if err != nil && !apierrors.IsNotFound(err) {
-			return nil, err
-		}
-		data := map[string][]byte{}
-		for k, v := range cm.BinaryData {
-			data[k] = v
-		}
-		for k, v := range cm.Data {
-			data[k] = []byte(v)
-		}
-		e = secretEntry{data: data, err: err, fetched: now}
-		s.mu.Lock()
-		s.entries[key] = e
-		s.mu.Unlock()
-	}
-	if apierrors.IsNotFound(e.err) {
+	data, err := s.get(ctx, kindConfigMap, types.NamespacedName{Namespace: namespace, Name: ref.Name})
+	if apierrors.IsNotFound(err) {
 		return nil, &credentialError{reason: ReasonCABundleNotFound,
 			message: fmt.Sprintf("%s: ConfigMap %q not found in namespace %q", field, ref.Name, namespace)}
 	}
-	if v := e.data[ref.Key]; len(v) > 0 {
+	if err != nil {
+		return nil, err
+	}
+	if v := data[ref.Key]; len(v) > 0 {
 		return v, nil
 	}
 	return nil, &credentialError{reason: ReasonCABundleNotFound,
@@ -166,7 +146,7 @@ func (s *secretReader) signingKey(ctx context.Context, namespace string, ref web
 }
 
 func (s *secretReader) value(ctx context.Context, namespace string, ref webhooksv1alpha1.SecretKeyRef, field string) ([]byte, error) {
-	data, err := s.get(ctx, types.NamespacedName{Namespace: namespace, Name: ref.Name})
+	data, err := s.get(ctx, kindSecret, types.NamespacedName{Namespace: namespace, Name: ref.Name})
 	if apierrors.IsNotFound(err) {
 		return nil, &credentialError{reason: ReasonSecretNotFound,
 			message: fmt.Sprintf("%s: Secret %q not found in namespace %q", field, ref.Name, namespace)}
@@ -182,22 +162,56 @@ func (s *secretReader) value(ctx context.Context, namespace string, ref webhooks
 	return v, nil
 }
 
-func (s *secretReader) get(ctx context.Context, key types.NamespacedName) (map[string][]byte, error) {
+// The kinds of object whose data the reader serves.
+const (
+	kindSecret    = "Secret"
+	kindConfigMap = "ConfigMap"
+)
+
+// objectKey names a Secret or a ConfigMap in the reader's cache.
+type objectKey struct {
+	kind string
+	types.NamespacedName
+}
+
+// get returns the data of a Secret or a ConfigMap (its data and binaryData), read through the
+// API reader and reused for ttl. NotFound is remembered like data; an API failure is not.
+func (s *secretReader) get(ctx context.Context, kind string, key types.NamespacedName) (map[string][]byte, error) {
 	now := s.now()
+	ck := objectKey{kind: kind, NamespacedName: key}
 	s.mu.Lock()
-	e, ok := s.entries[key]
+	e, ok := s.entries[ck]
 	s.mu.Unlock()
 	if ok && now.Sub(e.fetched) < s.ttl {
 		return e.data, e.err
 	}
-	secret := &corev1.Secret{}
-	err := s.reader.Get(ctx, key, secret)
+	data, err := s.fetch(ctx, kind, key)
 	if err != nil && !apierrors.IsNotFound(err) {
-		return nil, err // an API failure is not remembered
+		return nil, err
 	}
-	e = secretEntry{data: secret.Data, err: err, fetched: now}
+	e = secretEntry{data: data, err: err, fetched: now}
 	s.mu.Lock()
-	s.entries[key] = e
+	s.entries[ck] = e
 	s.mu.Unlock()
 	return e.data, e.err
+}
+
+func (s *secretReader) fetch(ctx context.Context, kind string, key types.NamespacedName) (map[string][]byte, error) {
+	if kind == kindSecret {
+		secret := &corev1.Secret{}
+		err := s.reader.Get(ctx, key, secret)
+		return secret.Data, err
+	}
+	cm := &corev1.ConfigMap{}
+	if err := s.reader.Get(ctx, key, cm); err != nil {
+		return nil, err
+	}
+	data := make(map[string][]byte, len(cm.Data)+len(cm.BinaryData))
+	for k, v := range cm.BinaryData {
+		data[k] = v
+	}
+	for k, v := range cm.Data {
+		data[k] = []byte(v)
+	}
+	return data, nil
 }

@@ -191,8 +191,7 @@ func TestStandardWebhooksInvalidSecret(t *testing.T) {
 	create(t, d)
 
 	g.Eventually(func(g Gomega) {
-		ep := &webhooksv1alpha1.WebhookEndpoint{}
-		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "sw"}, ep)).To(Succeed())
+		ep := getEndpoint(g, ns, "sw")
 		ready := condition(ep.Status.Conditions, "Ready")
 		g.Expect(ready.Status).To(Equal(metav1.ConditionFalse))
 		g.Expect(ready.Reason).To(Equal(ReasonInvalidSecret))

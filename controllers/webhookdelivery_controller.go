@@ -352,10 +352,8 @@ func setConditions(d *webhooksv1alpha1.WebhookDelivery, ready metav1.ConditionSt
 
 // setWaiting records why a delivery is not attempted now.
 func setWaiting(d *webhooksv1alpha1.WebhookDelivery, reason, message string) {
-	if d.Status.Phase == "" || d.Status.Phase.Finished() {
-		if d.Status.Attempts == 0 {
-			d.Status.Phase = webhooksv1alpha1.PhasePending
-		}
+	if d.Status.Attempts == 0 {
+		d.Status.Phase = webhooksv1alpha1.PhasePending
 	}
 	setConditions(d, metav1.ConditionFalse, reason, message)
 }

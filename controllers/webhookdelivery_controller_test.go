@@ -68,8 +68,7 @@ func TestDeliverySucceedsAtFirstAttempt(t *testing.T) {
 
 	// The endpoint's status reports the success (copied from memory at a bounded rate).
 	g.Eventually(func(g Gomega) {
-		ep := &webhooksv1alpha1.WebhookEndpoint{}
-		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "crm"}, ep)).To(Succeed())
+		ep := getEndpoint(g, ns, "crm")
 		g.Expect(ep.Status.LastSuccessTime).NotTo(BeNil())
 		g.Expect(ep.Status.ConsecutiveFailures).To(BeZero())
 		g.Expect(condition(ep.Status.Conditions, "Ready").Reason).To(Equal(ReasonValid))
@@ -180,8 +179,7 @@ func TestMissingSecretHoldsDeliveries(t *testing.T) {
 	create(t, d)
 
 	g.Eventually(func(g Gomega) {
-		ep := &webhooksv1alpha1.WebhookEndpoint{}
-		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "nosecret"}, ep)).To(Succeed())
+		ep := getEndpoint(g, ns, "nosecret")
 		ready := condition(ep.Status.Conditions, "Ready")
 		g.Expect(ready.Status).To(Equal(metav1.ConditionFalse))
 		g.Expect(ready.Reason).To(Equal(ReasonSecretNotFound))
