@@ -61,7 +61,7 @@ test-faults: ## Fault tests on the operator process: SIGKILL mid-attempt, a 30 s
 
 .PHONY: bench
 bench: ## Measure throughput, latency, API writes, memory and isolation against a real API server (under 10 minutes); prints a table. See docs/benchmarks.md.
-	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" go test -tags bench -count=1 -timeout 15m -run '^TestBench$$' -v ./hack/bench/
+	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" go test -tags bench -count=1 -timeout 15m -run '^TestBench$$' -v ./test/bench/
 
 ##@ Build
 

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/docrouter/webhook-operator/dispatcher/publish"
+	"github.com/docrouter/webhook-operator/publish"
 )
 
 // runPublish is the publish subcommand: it sends one event to the intake and prints its 202

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/dispatcher/receiver"
+	"github.com/docrouter/webhook-operator/internal/receiver"
 )
 
 // runReceiver is `webhook-operator receiver`: a sample webhook receiver for trying the operator

@@ -28,7 +28,7 @@ import (
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/controllers"
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/dispatcher/intake"
+	"github.com/docrouter/webhook-operator/internal/intake"
 )
 
 var scheme = runtime.NewScheme()

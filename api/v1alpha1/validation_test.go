@@ -10,7 +10,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	v1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/internal/testenv"
 )
 
@@ -18,13 +18,13 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env)) }
 
-func validEndpoint(ns string) *v1.WebhookEndpoint {
-	return &v1.WebhookEndpoint{
+func validEndpoint(ns string) *webhooksv1alpha1.WebhookEndpoint {
+	return &webhooksv1alpha1.WebhookEndpoint{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ep"},
-		Spec: v1.WebhookEndpointSpec{
+		Spec: webhooksv1alpha1.WebhookEndpointSpec{
 			URL:              "https://hooks.example.com/docrouter",
 			EventTypes:       []string{"document.uploaded", "llm.*"},
-			SigningSecretRef: &v1.SecretKeyRef{Name: "s", Key: "k"},
+			SigningSecretRef: &webhooksv1alpha1.SecretKeyRef{Name: "s", Key: "k"},
 		},
 	}
 }
@@ -34,38 +34,38 @@ func TestEndpointValidation(t *testing.T) {
 	ns := env.Namespace(t)
 	cases := []struct {
 		name   string
-		mutate func(*v1.WebhookEndpoint)
+		mutate func(*webhooksv1alpha1.WebhookEndpoint)
 		want   string // "" means accepted
 	}{
-		{"valid", func(*v1.WebhookEndpoint) {}, ""},
-		{"relative URL", func(e *v1.WebhookEndpoint) { e.Spec.URL = "/hooks" },
+		{"valid", func(*webhooksv1alpha1.WebhookEndpoint) {}, ""},
+		{"relative URL", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Spec.URL = "/hooks" },
 			"spec.url must be an absolute http(s) URL with a host"},
-		{"not a URL", func(e *v1.WebhookEndpoint) { e.Spec.URL = "hooks dot example" },
+		{"not a URL", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Spec.URL = "hooks dot example" },
 			"spec.url must be an absolute http(s) URL with a host"},
-		{"ftp scheme", func(e *v1.WebhookEndpoint) { e.Spec.URL = "ftp://hooks.example.com/x" },
+		{"ftp scheme", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Spec.URL = "ftp://hooks.example.com/x" },
 			"spec.url must be an absolute http(s) URL with a host"},
-		{"plain http without opt-in", func(e *v1.WebhookEndpoint) { e.Spec.URL = "http://hooks.example.com/x" },
+		{"plain http without opt-in", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Spec.URL = "http://hooks.example.com/x" },
 			"use an https:// URL, or set spec.allowInsecureHTTP: true"},
-		{"plain http with opt-in", func(e *v1.WebhookEndpoint) {
+		{"plain http with opt-in", func(e *webhooksv1alpha1.WebhookEndpoint) {
 			e.Spec.URL, e.Spec.AllowInsecureHTTP = "http://receiver.default.svc:8080/x", true
 		}, ""},
-		{"credentials in URL", func(e *v1.WebhookEndpoint) { e.Spec.URL = "https://user:pw@hooks.example.com/x" },
+		{"credentials in URL", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Spec.URL = "https://user:pw@hooks.example.com/x" },
 			"spec.url must not contain credentials"},
-		{"unknown event type", func(e *v1.WebhookEndpoint) { e.Spec.EventTypes = []string{"document.deleted"} },
+		{"unknown event type", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Spec.EventTypes = []string{"document.deleted"} },
 			"spec.eventTypes: each entry must be one of document.uploaded, llm.completed"},
-		{"no event types", func(e *v1.WebhookEndpoint) { e.Spec.EventTypes = nil }, "spec.eventTypes"},
-		{"reserved auth header", func(e *v1.WebhookEndpoint) {
-			e.Spec.AuthHeader = &v1.AuthHeader{Name: "X-DocRouter-Signature", SecretKeyRef: v1.SecretKeyRef{Name: "s", Key: "k"}}
+		{"no event types", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Spec.EventTypes = nil }, "spec.eventTypes"},
+		{"reserved auth header", func(e *webhooksv1alpha1.WebhookEndpoint) {
+			e.Spec.AuthHeader = &webhooksv1alpha1.AuthHeader{Name: "X-DocRouter-Signature", SecretKeyRef: webhooksv1alpha1.SecretKeyRef{Name: "s", Key: "k"}}
 		}, "spec.authHeader.name must not be a header the operator sets itself"},
-		{"auth header Host", func(e *v1.WebhookEndpoint) {
-			e.Spec.AuthHeader = &v1.AuthHeader{Name: "host", SecretKeyRef: v1.SecretKeyRef{Name: "s", Key: "k"}}
+		{"auth header Host", func(e *webhooksv1alpha1.WebhookEndpoint) {
+			e.Spec.AuthHeader = &webhooksv1alpha1.AuthHeader{Name: "host", SecretKeyRef: webhooksv1alpha1.SecretKeyRef{Name: "s", Key: "k"}}
 		}, "spec.authHeader.name must not be a header the operator sets itself"},
-		{"timeout too long", func(e *v1.WebhookEndpoint) { e.Spec.TimeoutSeconds = ptr.To[int32](600) },
+		{"timeout too long", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Spec.TimeoutSeconds = ptr.To[int32](600) },
 			"spec.timeoutSeconds"},
-		{"initial delay above cap", func(e *v1.WebhookEndpoint) {
-			e.Spec.RetryPolicy = &v1.RetryPolicy{InitialDelaySeconds: ptr.To[int32](600), MaxDelaySeconds: ptr.To[int32](60)}
+		{"initial delay above cap", func(e *webhooksv1alpha1.WebhookEndpoint) {
+			e.Spec.RetryPolicy = &webhooksv1alpha1.RetryPolicy{InitialDelaySeconds: ptr.To[int32](600), MaxDelaySeconds: ptr.To[int32](60)}
 		}, "initialDelaySeconds must not exceed maxDelaySeconds"},
-		{"name too long for a label", func(e *v1.WebhookEndpoint) { e.Name = strings.Repeat("a", 64) },
+		{"name too long for a label", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Name = strings.Repeat("a", 64) },
 			"must be at most 63 characters"},
 	}
 	for i, tc := range cases {
@@ -91,18 +91,18 @@ func TestEndpointValidation(t *testing.T) {
 func TestDeliveryValidation(t *testing.T) {
 	ns := env.Namespace(t)
 	ctx := context.Background()
-	event := v1.Event{ID: "evt-1", Type: "document.uploaded", Timestamp: 1640995200}
+	event := webhooksv1alpha1.Event{ID: "evt-1", Type: "document.uploaded", Timestamp: 1640995200}
 
-	bad := v1.NewDelivery(ns, "ep", v1.Event{ID: "evt-2", Type: "document.deleted", Timestamp: 1})
+	bad := webhooksv1alpha1.NewDelivery(ns, "ep", webhooksv1alpha1.Event{ID: "evt-2", Type: "document.deleted", Timestamp: 1})
 	if err := env.Client.Create(ctx, bad); err == nil || !strings.Contains(err.Error(), "spec.event.type must be one of") {
 		t.Fatalf("unknown event type: want a clear rejection, got %v", err)
 	}
-	badID := v1.NewDelivery(ns, "ep", v1.Event{ID: "bad id with spaces", Type: "document.uploaded", Timestamp: 1})
+	badID := webhooksv1alpha1.NewDelivery(ns, "ep", webhooksv1alpha1.Event{ID: "bad id with spaces", Type: "document.uploaded", Timestamp: 1})
 	if err := env.Client.Create(ctx, badID); err == nil || !strings.Contains(err.Error(), "spec.event.id") {
 		t.Fatalf("bad event id: want a rejection naming spec.event.id, got %v", err)
 	}
 
-	d := v1.NewDelivery(ns, "ep", event)
+	d := webhooksv1alpha1.NewDelivery(ns, "ep", event)
 	if err := env.Client.Create(ctx, d); err != nil {
 		t.Fatal(err)
 	}

@@ -105,7 +105,7 @@ func init() {
 // RecordEventPublished counts one event accepted by the intake. An event type outside the
 // product's list is counted as "other", so that the label stays bounded.
 //
-// The intake (dispatcher/intake) calls it once per accepted event.
+// The intake (internal/intake) calls it once per accepted event.
 func RecordEventPublished(eventType string) {
 	if !slices.Contains(webhooksv1alpha1.EventTypes, eventType) {
 		eventType = otherLabelValue

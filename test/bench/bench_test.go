@@ -35,8 +35,8 @@ import (
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/controllers"
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/dispatcher/intake"
-	"github.com/docrouter/webhook-operator/dispatcher/publish"
+	"github.com/docrouter/webhook-operator/internal/intake"
+	"github.com/docrouter/webhook-operator/publish"
 	"github.com/docrouter/webhook-operator/internal/testenv"
 )
 
@@ -100,7 +100,7 @@ func TestBench(t *testing.T) {
 		tab.add("(2) pipeline "+r.name+", deliveries/s", fmt.Sprintf("%.0f/s (%.2f of limit)", r.res.rate, ratio),
 			fmt.Sprintf("%d deliveries, all Succeeded; goal >= 0.70: %s", r.res.deliveries, met(ratio >= 0.7)))
 	}
-	tab.add("    how events were published", "the intake", "POST /v1/namespaces/NS/events (dispatcher/intake, anonymous) in the operator's process; it fans out to every subscribed endpoint")
+	tab.add("    how events were published", "the intake", "POST /v1/namespaces/NS/events (internal/intake, anonymous) in the operator's process; it fans out to every subscribed endpoint")
 
 	// (3) latency at half the maximum rate.
 	half := tput1.rate / 2

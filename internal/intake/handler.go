@@ -1,4 +1,4 @@
-// Package intake is the dispatcher's front door: POST /v1/namespaces/{namespace}/events takes
+// Package intake is the operator's event intake: POST /v1/namespaces/{namespace}/events takes
 // one event, checks the caller with the Kubernetes API (TokenReview, then SubjectAccessReview
 // of create on webhookevents.webhooks.docrouter.ai in that namespace), and creates one
 // WebhookDelivery for each WebhookEndpoint of the namespace that subscribes to the event's
@@ -22,7 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
-	"github.com/docrouter/webhook-operator/dispatcher/publish"
+	"github.com/docrouter/webhook-operator/publish"
 	"github.com/docrouter/webhook-operator/internal/metrics"
 )
 

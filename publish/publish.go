@@ -1,4 +1,4 @@
-// Package publish is the Go client of the dispatcher's event intake,
+// Package publish is the Go client of the operator's event intake,
 // POST /v1/namespaces/{namespace}/events, for the applications that produce events.
 //
 //	c := &publish.Client{URL: "https://webhook-intake.docrouter-system.svc:8090", TokenFile: "/var/run/secrets/tokens/intake"}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
-	"github.com/docrouter/webhook-operator/dispatcher/intake"
+	"github.com/docrouter/webhook-operator/internal/intake"
 )
 
 // BenchmarkPublish measures one intake end to end against envtest's kube-apiserver and etcd:

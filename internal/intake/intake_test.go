@@ -31,8 +31,8 @@ import (
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/controllers"
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/dispatcher/intake"
-	"github.com/docrouter/webhook-operator/dispatcher/publish"
+	"github.com/docrouter/webhook-operator/internal/intake"
+	"github.com/docrouter/webhook-operator/publish"
 	"github.com/docrouter/webhook-operator/internal/metrics"
 	"github.com/docrouter/webhook-operator/internal/testenv"
 )

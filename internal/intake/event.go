@@ -14,7 +14,7 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
-	"github.com/docrouter/webhook-operator/dispatcher/publish"
+	"github.com/docrouter/webhook-operator/publish"
 )
 
 // MaxBodyBytes is the largest event body accepted (256 KiB): a larger one is answered 413 and
