@@ -22,8 +22,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
-	"github.com/docrouter/webhook-operator/publish"
 	"github.com/docrouter/webhook-operator/internal/metrics"
+	"github.com/docrouter/webhook-operator/publish"
 )
 
 // The intake reads endpoints and creates deliveries.

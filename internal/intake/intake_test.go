@@ -32,9 +32,9 @@ import (
 	"github.com/docrouter/webhook-operator/controllers"
 	"github.com/docrouter/webhook-operator/dispatcher"
 	"github.com/docrouter/webhook-operator/internal/intake"
-	"github.com/docrouter/webhook-operator/publish"
 	"github.com/docrouter/webhook-operator/internal/metrics"
 	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/publish"
 )
 
 var env *testenv.Env
