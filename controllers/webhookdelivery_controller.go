@@ -210,7 +210,7 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 		r.finish(d, webhooksv1alpha1.PhaseFailed, ReasonInvalidEvent, "the event cannot be serialised: "+err.Error())
 		return ctrl.Result{}, nil
 	}
-	msg := dispatcher.Message{
+	msg := dispatcher.Request{
 		URL:       ep.Spec.URL,
 		Body:      body,
 		EventID:   d.Spec.Event.ID,
