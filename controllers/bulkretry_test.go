@@ -82,7 +82,7 @@ func TestRetryFailedAnnotationRetriesEveryFailedDeliveryOfTheEndpointOnce(t *tes
 		g.Expect(env.Client.List(context.Background(), &events, client.InNamespace(ns))).To(Succeed())
 		var notes []string
 		for _, e := range events.Items {
-			if e.Reason == ReasonRetryingFailed && e.Regarding.Name == "crm" {
+			if e.Reason == webhooksv1alpha1.EventReasonRetryingFailed && e.Regarding.Name == "crm" {
 				notes = append(notes, e.Note)
 			}
 		}
@@ -114,7 +114,7 @@ func retryEventCount(g Gomega, ns string) int32 {
 	g.Expect(env.Client.List(context.Background(), &events, client.InNamespace(ns))).To(Succeed())
 	var n int32
 	for _, e := range events.Items {
-		if e.Reason == ReasonRetryingFailed {
+		if e.Reason == webhooksv1alpha1.EventReasonRetryingFailed {
 			n++
 			if e.Series != nil {
 				n += e.Series.Count - 1

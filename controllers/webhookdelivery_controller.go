@@ -26,23 +26,6 @@ import (
 	"github.com/docrouter/webhook-operator/dispatcher"
 )
 
-// Reasons of a delivery's conditions and Events.
-const (
-	ReasonDelivered         = "Delivered"
-	ReasonPending           = "Pending"
-	ReasonAttemptFailed     = "AttemptFailed"
-	ReasonRetriesExhausted  = "RetriesExhausted"
-	ReasonEndpointNotFound  = "EndpointNotFound"
-	ReasonEndpointPaused    = "EndpointPaused"
-	ReasonEndpointDisabled  = "EndpointDisabled"
-	ReasonInvalidEvent      = "InvalidEvent"
-	ReasonEndpointFailing   = "EndpointFailing"
-	ReasonEndpointRecovered = "EndpointRecovered"
-	// ReasonEndpointGone: the receiver answered 410 Gone. The delivery fails at once, without
-	// retries, and the endpoint gets a Warning Event (see docs/security.md).
-	ReasonEndpointGone = "EndpointGone"
-)
-
 // endpointRefIndex indexes deliveries by the endpoint they are for.
 const endpointRefIndex = ".spec.endpointRef.name"
 
@@ -166,7 +149,7 @@ func (r *WebhookDeliveryReconciler) endpointFor(ctx context.Context, d *webhooks
 	key := types.NamespacedName{Namespace: d.Namespace, Name: d.Spec.EndpointRef.Name}
 	if err := r.Get(ctx, key, ep); err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil, credentials{}, &waitReason{ReasonEndpointNotFound,
+			return nil, credentials{}, &waitReason{webhooksv1alpha1.ReasonEndpointNotFound,
 				fmt.Sprintf("WebhookEndpoint %q not found in this namespace; the delivery waits for it", key.Name),
 				r.Options.WaitRetryInterval}, nil
 		}
@@ -174,13 +157,13 @@ func (r *WebhookDeliveryReconciler) endpointFor(ctx context.Context, d *webhooks
 	}
 	if ep.Status.DisabledSince != nil {
 		// Parked, not dropped: the endpoint watch wakes the delivery when it is re-enabled.
-		return nil, credentials{}, &waitReason{ReasonEndpointDisabled,
+		return nil, credentials{}, &waitReason{webhooksv1alpha1.ReasonEndpointDisabled,
 			fmt.Sprintf("WebhookEndpoint %q is disabled (%s); the delivery is parked until the endpoint is re-enabled with the %s annotation or a change of its spec",
 				ep.Name, ep.Status.DisabledReason, webhooksv1alpha1.EnableAnnotation), 0}, nil
 	}
 	if ep.Spec.Paused {
 		// The endpoint watch wakes the delivery when the endpoint is unpaused.
-		return nil, credentials{}, &waitReason{ReasonEndpointPaused,
+		return nil, credentials{}, &waitReason{webhooksv1alpha1.ReasonEndpointPaused,
 			fmt.Sprintf("WebhookEndpoint %q is paused; the delivery waits until spec.paused is false", ep.Name), 0}, nil
 	}
 	creds, err := r.secrets.resolve(ctx, ep)
@@ -207,7 +190,7 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 	body, err := payloadFor(d.Spec.Event).Body()
 	if err != nil {
 		// The CRD schema makes this unreachable through the API; fail terminally if it happens.
-		r.finish(d, webhooksv1alpha1.PhaseFailed, ReasonInvalidEvent, "the event cannot be serialised: "+err.Error())
+		r.finish(d, webhooksv1alpha1.PhaseFailed, webhooksv1alpha1.ReasonInvalidEvent, "the event cannot be serialised: "+err.Error())
 		return ctrl.Result{}, nil
 	}
 	msg := dispatcher.Request{
@@ -237,7 +220,7 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 	d.Status.LastError = res.Error
 	d.Status.History = append(d.Status.History, webhooksv1alpha1.Attempt{
 		Number: number, Time: metav1.Time{Time: started}, StatusCode: int32(res.StatusCode),
-		DurationMilliseconds: res.Duration.Milliseconds(), Result: string(res.Class), Error: res.Error, Trigger: trigger,
+		DurationMilliseconds: res.Duration.Milliseconds(), Result: webhooksv1alpha1.AttemptResult(res.Class), Error: res.Error, Trigger: trigger,
 	})
 	if n := len(d.Status.History); n > webhooksv1alpha1.MaxAttemptHistory {
 		d.Status.History = d.Status.History[n-webhooksv1alpha1.MaxAttemptHistory:]
@@ -247,18 +230,18 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 
 	switch transition := r.health.record(ep, res.Succeeded(), res.StatusCode == http.StatusGone, started); transition {
 	case transitionFailing:
-		r.Recorder.Eventf(ep, nil, "Warning", ReasonEndpointFailing, "Deliver",
+		r.Recorder.Eventf(ep, nil, "Warning", webhooksv1alpha1.EventReasonEndpointFailing, "Deliver",
 			"an attempt to this endpoint failed (%s); deliveries are retried per the retry policy", describe(res))
 	case transitionRecovered:
-		r.Recorder.Eventf(ep, nil, "Normal", ReasonEndpointRecovered, "Deliver", "the endpoint accepts deliveries again")
+		r.Recorder.Eventf(ep, nil, "Normal", webhooksv1alpha1.EventReasonEndpointRecovered, "Deliver", "the endpoint accepts deliveries again")
 	}
 
 	policy := policyFor(ep)
 	switch {
 	case res.Succeeded():
-		r.finish(d, webhooksv1alpha1.PhaseSucceeded, ReasonDelivered, fmt.Sprintf("delivered at attempt %d (HTTP %d)", number, res.StatusCode))
+		r.finish(d, webhooksv1alpha1.PhaseSucceeded, webhooksv1alpha1.ReasonDelivered, fmt.Sprintf("delivered at attempt %d (HTTP %d)", number, res.StatusCode))
 		if number > 1 {
-			r.Recorder.Eventf(d, ep, "Normal", ReasonDelivered, "Deliver", "delivered at attempt %d after earlier failures", number)
+			r.Recorder.Eventf(d, ep, "Normal", webhooksv1alpha1.ReasonDelivered, "Deliver", "delivered at attempt %d after earlier failures", number)
 		}
 		return ctrl.Result{}, nil
 
@@ -268,7 +251,7 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 		// deliveries are parked, not failed one by one, until it is fixed and re-enabled.
 		msg := fmt.Sprintf("attempt %d: the receiver answered 410 Gone, so the delivery is not retried; once the endpoint is fixed, retry with the %s annotation",
 			number, webhooksv1alpha1.RetryAnnotation)
-		r.finish(d, webhooksv1alpha1.PhaseFailed, ReasonEndpointGone, msg)
+		r.finish(d, webhooksv1alpha1.PhaseFailed, webhooksv1alpha1.ReasonEndpointGone, msg)
 		log.Info("delivery failed: the receiver answered 410 Gone", "attempt", number)
 		return ctrl.Result{}, nil
 
@@ -276,9 +259,9 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 		msg := fmt.Sprintf("attempt %d failed (%s); no automatic attempt is left: retry with the %s annotation",
 			number, describe(res), webhooksv1alpha1.RetryAnnotation)
 		if d.Status.Phase != webhooksv1alpha1.PhaseFailed {
-			r.Recorder.Eventf(d, ep, "Warning", ReasonRetriesExhausted, "Deliver", "%s", msg)
+			r.Recorder.Eventf(d, ep, "Warning", webhooksv1alpha1.ReasonRetriesExhausted, "Deliver", "%s", msg)
 		}
-		r.finish(d, webhooksv1alpha1.PhaseFailed, ReasonRetriesExhausted, msg)
+		r.finish(d, webhooksv1alpha1.PhaseFailed, webhooksv1alpha1.ReasonRetriesExhausted, msg)
 		log.Info("delivery failed, retries exhausted", "attempt", number, "result", res.Class, "statusCode", res.StatusCode)
 		return ctrl.Result{}, nil
 
@@ -288,9 +271,9 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1al
 		d.Status.NextAttemptTime = &metav1.Time{Time: next}
 		msg := fmt.Sprintf("attempt %d of %d failed (%s); next attempt at %s",
 			number, policy.MaxRetries+1, describe(res), next.UTC().Format(time.RFC3339))
-		setConditions(d, metav1.ConditionFalse, ReasonAttemptFailed, msg)
+		setConditions(d, metav1.ConditionFalse, webhooksv1alpha1.ReasonAttemptFailed, msg)
 		if number == 1 {
-			r.Recorder.Eventf(d, ep, "Warning", ReasonAttemptFailed, "Deliver", "%s", msg)
+			r.Recorder.Eventf(d, ep, "Warning", webhooksv1alpha1.ReasonAttemptFailed, "Deliver", "%s", msg)
 		}
 		log.V(1).Info("retry scheduled", "attempt", number, "nextAttemptTime", next)
 		return ctrl.Result{RequeueAfter: next.Sub(now)}, nil
