@@ -90,7 +90,7 @@ func TestRetryFailedAnnotationRetriesEveryFailedDeliveryOfTheEndpointOnce(t *tes
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	// Handled once: one Event (not a series of two) and three deliveries counted.
 	g.Expect(retryEventCount(g, ns)).To(Equal(int32(1)))
-	g.Expect(testutil.ToFloat64(metrics.BulkRetried.WithLabelValues(ns))).To(Equal(3.0))
+	g.Expect(testutil.ToFloat64(metrics.BulkRetriedDeliveries.WithLabelValues(ns))).To(Equal(3.0))
 
 	// The same value again, and a new value with nothing Failed, send nothing.
 	setEndpointAnnotation(g, ns, "crm", webhooksv1alpha1.RetryFailedAnnotation, "fixed-1")
