@@ -94,7 +94,7 @@ func TestGoneFailsAtOnce(t *testing.T) {
 	g.Eventually(func(g Gomega) {
 		ep := getEndpoint(g, ns, "gone")
 		g.Expect(ep.Status.DisabledSince).NotTo(BeNil())
-		g.Expect(ep.Status.DisabledReason).To(Equal(webhooksv1alpha1.ReasonEndpointGone))
+		g.Expect(ep.Status.DisabledReason).To(Equal(webhooksv1alpha1.DisabledReasonGone))
 		g.Expect(condition(ep.Status.Conditions, "Ready").Reason).To(Equal(webhooksv1alpha1.ReasonEndpointGone))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	next := webhooksv1alpha1.NewDelivery(ns, "gone", newEvent("evt-after-gone"))

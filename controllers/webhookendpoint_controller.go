@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
+	kerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -72,8 +73,9 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 
 	defer func() {
 		ep.Status.ObservedGeneration = ep.Generation
-		if err := r.patchStatus(ctx, base, ep); err != nil {
-			retErr = err
+		if err := client.IgnoreNotFound(patchStatus(ctx, r.Client, base, ep)); err != nil {
+			// Both errors are reported: the reconcile's own, and the write that failed.
+			retErr = kerrors.NewAggregate([]error{retErr, err})
 			return
 		}
 		r.announce(ep, wasReady)
@@ -312,18 +314,6 @@ func (r *WebhookEndpointReconciler) announce(ep *webhooksv1alpha1.WebhookEndpoin
 	case now.Status == metav1.ConditionFalse && now.Reason != webhooksv1alpha1.ReasonPaused:
 		r.Recorder.Eventf(ep, nil, "Warning", now.Reason, "Validate", "%s", now.Message)
 	}
-}
-
-func (r *WebhookEndpointReconciler) patchStatus(ctx context.Context, base, ep *webhooksv1alpha1.WebhookEndpoint) error {
-	patch := client.MergeFrom(base)
-	data, err := patch.Data(ep)
-	if err != nil {
-		return err
-	}
-	if string(data) == "{}" {
-		return nil
-	}
-	return client.IgnoreNotFound(r.Status().Patch(ctx, ep, client.RawPatch(patch.Type(), data)))
 }
 
 func minPositive(a, b time.Duration) time.Duration {
