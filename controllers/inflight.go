@@ -99,10 +99,3 @@ func (l *inflightLimiter) release(endpoint types.NamespacedName) {
 		l.wake(next)
 	}
 }
-
-// inFlight is the number of attempts in flight.
-func (l *inflightLimiter) inFlight() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.sum
-}

@@ -214,10 +214,10 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, base, d *webhoo
 	if e := outcome.Event; e != nil {
 		r.Recorder.Eventf(d, ep, e.Type, e.Reason, "Deliver", "%s", e.Message)
 	}
-	switch {
-	case outcome.Phase == webhooksv1alpha1.PhaseRetrying:
+	switch outcome.Phase {
+	case webhooksv1alpha1.PhaseRetrying:
 		log.V(1).Info("retry scheduled", "attempt", n, "nextAttemptTime", outcome.NextAttempt)
-	case outcome.Phase == webhooksv1alpha1.PhaseFailed:
+	case webhooksv1alpha1.PhaseFailed:
 		log.Info("delivery failed", "attempt", n, "reason", outcome.Reason)
 	}
 

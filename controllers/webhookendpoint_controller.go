@@ -180,7 +180,7 @@ func (r *WebhookEndpointReconciler) enable(ep *webhooksv1alpha1.WebhookEndpoint)
 	}
 	// A spec change since the endpoint was disabled (a new URL, say) re-enables it too.
 	specChanged := ep.Status.ObservedGeneration != 0 && ep.Status.ObservedGeneration != ep.Generation
-	if ep.Status.DisabledSince == nil || !(annotated || specChanged) {
+	if ep.Status.DisabledSince == nil || (!annotated && !specChanged) {
 		return
 	}
 	now := r.Clock.Now()
