@@ -42,7 +42,8 @@ func startOperator(t *testing.T, ns string, opts Options) (stop func()) {
 	mgrOpts := env.ManagerOptions(ns)
 	mgrOpts.Cache = CacheOptions(mgrOpts.Cache) // as main.go: finished deliveries stripped in the cache
 	return env.StartManager(t, mgrOpts, func(ctx context.Context, mgr ctrl.Manager) error {
-		return Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), opts, nil)
+		_, err := Setup(ctx, mgr, opts, Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{})})
+		return err
 	})
 }
 

@@ -55,7 +55,8 @@ func startIntake(t testing.TB, ns string, opts intake.Options, deliver bool) str
 		}
 		o := controllers.DefaultOptions()
 		o.SecretTTL = 0
-		return controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), o, nil)
+		_, err := controllers.Setup(ctx, mgr, o, controllers.Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{})})
+		return err
 	})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
@@ -472,7 +473,7 @@ func TestPublishReportsFailedCreatesWithEventID(t *testing.T) {
 	g.Expect(a.status).To(BeNumerically(">=", 500))
 	var eb publish.ErrorBody
 	g.Expect(json.Unmarshal(a.body, &eb)).To(Succeed())
-	g.Expect(eb.Error).To(ContainSubstring("0 of 1 deliveries exist"))
+	g.Expect(eb.Error).To(ContainSubstring("0 of 1 deliveries exist or wait in the backlog"))
 	g.Expect(eb.Error).To(ContainSubstring("publish the same event_id again"))
 	g.Expect(eb.EventID).NotTo(BeEmpty())
 	g.Expect(deliveries(t, ns)).To(BeEmpty())

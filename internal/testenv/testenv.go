@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
@@ -62,15 +63,27 @@ func RepoRoot() string {
 }
 
 // Start starts kube-apiserver and etcd and installs the CRDs of config/crd/bases.
-func Start() (*Env, error) { return start("") }
+func Start() (*Env, error) { return StartWith(Settings{}) }
+
+// Settings change the control plane of StartWith.
+type Settings struct {
+	// APIServerCertDir keeps the API server's serving certificates in a directory of the
+	// caller's (see StartRestartable).
+	APIServerCertDir string
+	// EtcdQuotaBytes sets etcd's --quota-backend-bytes, for tests of an etcd that is full.
+	EtcdQuotaBytes int64
+}
+
+// StartWith is Start with settings.
+func StartWith(s Settings) (*Env, error) { return start(s) }
 
 // StartRestartable is Start with the API server's serving certificates kept in certDir, so that
 // Environment().ControlPlane.APIServer can be stopped and started again (an API-server outage)
 // while clients keep their kubeconfig: envtest otherwise makes a new serving CA on each start.
 // The caller removes certDir after Stop.
-func StartRestartable(certDir string) (*Env, error) { return start(certDir) }
+func StartRestartable(certDir string) (*Env, error) { return start(Settings{APIServerCertDir: certDir}) }
 
-func start(apiServerCertDir string) (*Env, error) {
+func start(settings Settings) (*Env, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		return nil, errors.New("KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=\"$(hack/controlplane.sh)\"")
 	}
@@ -81,8 +94,13 @@ func start(apiServerCertDir string) (*Env, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 	}
-	if apiServerCertDir != "" {
-		e.ControlPlane.GetAPIServer().CertDir = apiServerCertDir
+	if settings.APIServerCertDir != "" {
+		e.ControlPlane.GetAPIServer().CertDir = settings.APIServerCertDir
+	}
+	if settings.EtcdQuotaBytes > 0 {
+		etcd := &envtest.Etcd{}
+		etcd.Configure().Set("quota-backend-bytes", strconv.FormatInt(settings.EtcdQuotaBytes, 10))
+		e.ControlPlane.Etcd = etcd
 	}
 	cfg, err := e.Start()
 	if err != nil {

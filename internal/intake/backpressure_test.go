@@ -1,0 +1,158 @@
+package intake_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+	"github.com/docrouter/webhook-operator/controllers"
+	"github.com/docrouter/webhook-operator/dispatcher"
+	"github.com/docrouter/webhook-operator/internal/history"
+	"github.com/docrouter/webhook-operator/internal/intake"
+	"github.com/docrouter/webhook-operator/internal/testenv"
+)
+
+// startStack runs the operator's controllers for ns, with store (nil: none), and serves the
+// intake wired to them as main.go wires it: the working set admits its deliveries and the
+// store's backlog takes those beyond it. It returns the intake's URL.
+func startStack(t testing.TB, e *testenv.Env, ns string, opts controllers.Options, store history.Store) string {
+	t.Helper()
+	var h *intake.Handler
+	opts.Namespaces, opts.SecretTTL = []string{ns}, 0
+	mgrOpts := e.ManagerOptions(ns)
+	mgrOpts.Cache = controllers.CacheOptions(mgrOpts.Cache)
+	e.StartManager(t, mgrOpts, func(ctx context.Context, mgr ctrl.Manager) error {
+		op, err := controllers.Setup(ctx, mgr, opts, controllers.Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{}), Store: store})
+		if err != nil {
+			return err
+		}
+		h = intake.NewHandler(mgr.GetClient(), mgr.GetCache(), intake.Options{AllowAnonymous: true, WorkingSet: op.WorkingSet, Store: store})
+		return nil
+	})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+func llmEvent(id string) []byte {
+	return []byte(fmt.Sprintf(`{"event_id": %q, "event_type": "llm.completed", "organization_id": "org-1", "document": {"document_id": "doc-1"}}`, id))
+}
+
+// Without a history store, an event beyond the working set is refused with 429, a Retry-After
+// and a sentence that says why, and nothing of it is created; an event within it is accepted.
+func TestPublishBeyondTheWorkingSetWithoutAStoreIsRefusedWith429(t *testing.T) {
+	g := NewWithT(t)
+	ns := env.Namespace(t)
+	signingSecret(t, ns)
+	opts := controllers.DefaultOptions()
+	opts.MaxLiveDeliveriesPerEndpoint = 2
+	base := startStack(t, env, ns, opts, nil)
+	// A paused endpoint: its deliveries stay unfinished, so the working set fills.
+	endpoint(t, ns, "crm", "http://127.0.0.1:1/unused", "*")
+	pause(t, ns, "crm")
+
+	for i := range 2 {
+		acc := post(t, base, ns, "", llmEvent(fmt.Sprintf("evt-%d", i))).accepted(t)
+		g.Expect(acc.Deliveries).To(HaveLen(1))
+		g.Expect(acc.Deliveries[0].Created).To(BeTrue())
+		g.Expect(acc.Deliveries[0].Queued).To(BeFalse())
+	}
+	g.Eventually(func() int { return len(deliveries(t, ns)) }).WithTimeout(10 * time.Second).Should(Equal(2))
+
+	a := post(t, base, ns, "", llmEvent("evt-2"))
+	g.Expect(a.status).To(Equal(http.StatusTooManyRequests))
+	g.Expect(a.header.Get("Retry-After")).To(Equal("5"))
+	sentence := a.errorSentence(t)
+	g.Expect(sentence).To(ContainSubstring(`WebhookEndpoint "crm" has 2 unfinished deliveries in etcd, the most allowed`))
+	g.Expect(sentence).To(ContainSubstring("the operator keeps no history store to hold them"))
+	g.Expect(sentence).To(ContainSubstring("Publish the same event_id again"))
+	g.Consistently(func() int { return len(deliveries(t, ns)) }).WithTimeout(time.Second).Should(Equal(2), "nothing of the refused event is created")
+}
+
+// pause sets spec.paused on an endpoint.
+func pause(t testing.TB, ns, name string) {
+	t.Helper()
+	setPaused(t, ns, name, true)
+}
+
+func setPaused(t testing.TB, ns, name string, paused bool) {
+	t.Helper()
+	ep := &webhooksv1alpha1.WebhookEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	data := fmt.Sprintf(`{"spec":{"paused":%t}}`, paused)
+	if err := env.Client.Patch(context.Background(), ep, client.RawPatch(types.MergePatchType, []byte(data))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// endpointIn is endpoint on the control plane e.
+func endpointIn(t testing.TB, e *testenv.Env, ns, name, url string, types ...string) {
+	t.Helper()
+	ep := &webhooksv1alpha1.WebhookEndpoint{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       webhooksv1alpha1.WebhookEndpointSpec{URL: url, AllowInsecureHTTP: true, EventTypes: types, TimeoutSeconds: ptr.To[int32](2)},
+	}
+	if err := e.Client.Create(context.Background(), ep); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fillEtcd writes ConfigMaps of about 1 MiB into ns until etcd refuses writes because it
+// reached its quota.
+func fillEtcd(ctx context.Context, e *testenv.Env, ns string) error {
+	blob := strings.Repeat("x", 900<<10)
+	for i := range 200 {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("filler-%d", i)}, Data: map[string]string{"blob": blob}}
+		err := e.Client.Create(ctx, cm)
+		if err != nil && strings.Contains(err.Error(), "database space exceeded") {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("etcd took 200 ConfigMaps of 900 KiB without reaching its quota")
+}
+
+// etcdFullEnv starts a control plane of its own whose etcd has a small quota, and fills etcd
+// until it refuses writes with "database space exceeded", as a cluster whose etcd something
+// else filled does.
+func etcdFullEnv(t *testing.T) *testenv.Env {
+	t.Helper()
+	e, err := testenv.StartWith(testenv.Settings{EtcdQuotaBytes: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Stop() })
+	return e
+}
+
+// When etcd itself is out of space, the intake's answer says so in words, with a Retry-After,
+// rather than a bare 503.
+func TestPublishWhenEtcdIsFullSaysSo(t *testing.T) {
+	g := NewWithT(t)
+	e := etcdFullEnv(t)
+	ns := e.Namespace(t)
+	base := startStack(t, e, ns, controllers.DefaultOptions(), nil)
+	endpointIn(t, e, ns, "crm", "http://127.0.0.1:1/unused", "*")
+	g.Expect(fillEtcd(context.Background(), e, ns)).To(Succeed())
+
+	a := post(t, base, ns, "", llmEvent("evt-full"))
+	g.Expect(a.status).To(Equal(http.StatusServiceUnavailable))
+	g.Expect(a.header.Get("Retry-After")).To(Equal("30"))
+	sentence := a.errorSentence(t)
+	g.Expect(sentence).To(ContainSubstring("the cluster's etcd is out of space (mvcc: database space exceeded)"))
+	g.Expect(strings.Count(sentence, "etcd")).To(BeNumerically(">=", 1))
+}
