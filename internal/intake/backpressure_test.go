@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -21,6 +24,7 @@ import (
 	"github.com/docrouter/webhook-operator/controllers"
 	"github.com/docrouter/webhook-operator/dispatcher"
 	"github.com/docrouter/webhook-operator/internal/history"
+	"github.com/docrouter/webhook-operator/internal/history/historytest"
 	"github.com/docrouter/webhook-operator/internal/intake"
 	"github.com/docrouter/webhook-operator/internal/testenv"
 )
@@ -155,4 +159,131 @@ func TestPublishWhenEtcdIsFullSaysSo(t *testing.T) {
 	sentence := a.errorSentence(t)
 	g.Expect(sentence).To(ContainSubstring("the cluster's etcd is out of space (mvcc: database space exceeded)"))
 	g.Expect(strings.Count(sentence, "etcd")).To(BeNumerically(">=", 1))
+}
+
+// 3,000 events for a paused endpoint: at most 1,000 become WebhookDeliveries, the other 2,000
+// wait in the store's backlog (status.backlog says so); once the endpoint is unpaused all 3,000
+// are delivered, and their deliveries are created in publish order.
+func TestBacklogHoldsEventsBeyondTheWorkingSetInPublishOrder(t *testing.T) {
+	const events = 3000
+	g := NewWithT(t)
+	ctx := context.Background()
+	store := historytest.SQLite(t)
+	ns := env.Namespace(t)
+	signingSecret(t, ns)
+	rcv := testenv.NewReceiver(t, signingKey)
+	opts := controllers.DefaultOptions()
+	opts.HealthUpdateInterval = 200 * time.Millisecond
+	base := startStack(t, env, ns, opts, store)
+	endpoint(t, ns, "crm", rcv.URL, "*")
+	pause(t, ns, "crm")
+
+	// Creations in the order the API server made them.
+	w, err := env.Client.(client.WithWatch).Watch(ctx, &webhooksv1alpha1.WebhookDeliveryList{}, client.InNamespace(ns))
+	g.Expect(err).NotTo(HaveOccurred())
+	defer w.Stop()
+	var mu sync.Mutex
+	var created []string
+	go func() {
+		for ev := range w.ResultChan() {
+			if d, ok := ev.Object.(*webhooksv1alpha1.WebhookDelivery); ok && ev.Type == watch.Added {
+				mu.Lock()
+				created = append(created, d.Spec.Event.ID)
+				mu.Unlock()
+			}
+		}
+	}()
+
+	queued := 0
+	for i := range events {
+		acc := post(t, base, ns, "", llmEvent(fmt.Sprintf("evt-%05d", i))).accepted(t)
+		g.Expect(acc.Deliveries).To(HaveLen(1))
+		g.Expect(acc.Deliveries[0].Created).To(BeTrue())
+		if acc.Deliveries[0].Queued {
+			queued++
+		}
+	}
+	g.Expect(queued).To(Equal(events - opts.MaxLiveDeliveriesPerEndpoint))
+	g.Expect(len(deliveries(t, ns))).To(Equal(opts.MaxLiveDeliveriesPerEndpoint))
+	g.Eventually(func(g Gomega) {
+		ep := &webhooksv1alpha1.WebhookEndpoint{}
+		g.Expect(env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "crm"}, ep)).To(Succeed())
+		g.Expect(ep.Status.Backlog).To(Equal(int64(events - opts.MaxLiveDeliveriesPerEndpoint)))
+	}).WithTimeout(10 * time.Second).Should(Succeed())
+
+	setPaused(t, ns, "crm", false)
+	g.Eventually(func() int { return len(distinct(rcv.Requests())) }).WithTimeout(3*time.Minute).WithPolling(time.Second).
+		Should(Equal(events), "every event is delivered")
+	g.Consistently(func() int { return len(deliveries(t, ns)) }).WithTimeout(time.Second).Should(BeNumerically("<=", opts.MaxLiveDeliveriesPerEndpoint+opts.MaxFinishedDeliveries))
+	mu.Lock()
+	defer mu.Unlock()
+	g.Expect(created).To(HaveLen(events))
+	g.Expect(slices.IsSorted(created)).To(BeTrue(), "deliveries are created in publish order")
+	g.Eventually(func(g Gomega) {
+		ep := &webhooksv1alpha1.WebhookEndpoint{}
+		g.Expect(env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "crm"}, ep)).To(Succeed())
+		g.Expect(ep.Status.Backlog).To(BeZero())
+	}).WithTimeout(15 * time.Second).Should(Succeed())
+}
+
+// distinct is the set of event ids among verified requests.
+func distinct(reqs []testenv.Request) map[string]bool {
+	out := map[string]bool{}
+	for _, r := range reqs {
+		if r.Verified {
+			out[r.Header.Get(dispatcher.HeaderEventID)] = true
+		}
+	}
+	return out
+}
+
+// When the working set is full and the store cannot take the event either (it does not
+// answer), the intake answers 429 with Retry-After and a sentence that names both causes.
+func TestPublishBeyondTheWorkingSetWhenTheStoreIsDownIsRefusedWith429(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	server := historytest.StartPostgres(t)
+	store, err := history.Open(ctx, server.DSN(server.Database(t)), history.Options{})
+	g.Expect(err).NotTo(HaveOccurred())
+	t.Cleanup(func() { _ = store.Close() })
+	ns := env.Namespace(t)
+	opts := controllers.DefaultOptions()
+	opts.MaxLiveDeliveriesPerEndpoint = 1
+	base := startStack(t, env, ns, opts, store)
+	endpoint(t, ns, "crm", "http://127.0.0.1:1/unused", "*")
+	pause(t, ns, "crm")
+	post(t, base, ns, "", llmEvent("evt-in")).accepted(t)
+	g.Eventually(func() int { return len(deliveries(t, ns)) }).WithTimeout(10 * time.Second).Should(Equal(1))
+
+	g.Expect(server.Stop()).To(Succeed())
+	a := post(t, base, ns, "", llmEvent("evt-refused"))
+	g.Expect(a.status).To(Equal(http.StatusTooManyRequests))
+	g.Expect(a.header.Get("Retry-After")).To(Equal("5"))
+	sentence := a.errorSentence(t)
+	g.Expect(sentence).To(ContainSubstring("unfinished deliveries in etcd, the most allowed"))
+	g.Expect(sentence).To(ContainSubstring("the history store cannot take them either"))
+
+	g.Expect(server.Start()).To(Succeed())
+	g.Eventually(func() int { return post(t, base, ns, "", llmEvent("evt-refused")).status }).
+		WithTimeout(20*time.Second).Should(Equal(http.StatusAccepted), "once the store answers, the same event is taken into the backlog")
+}
+
+// With a history store, an event that etcd cannot take because it is full waits in the
+// backlog: accepted, not lost.
+func TestPublishWhenEtcdIsFullQueuesInTheStore(t *testing.T) {
+	g := NewWithT(t)
+	e := etcdFullEnv(t)
+	store := historytest.SQLite(t)
+	ns := e.Namespace(t)
+	base := startStack(t, e, ns, controllers.DefaultOptions(), store)
+	endpointIn(t, e, ns, "crm", "http://127.0.0.1:1/unused", "*")
+	g.Expect(fillEtcd(context.Background(), e, ns)).To(Succeed())
+
+	acc := post(t, base, ns, "", llmEvent("evt-full-queued")).accepted(t)
+	g.Expect(acc.Deliveries).To(HaveLen(1))
+	g.Expect(acc.Deliveries[0].Queued).To(BeTrue())
+	items, err := store.NextBacklog(context.Background(), history.EndpointKey{Namespace: ns, Name: "crm"}, 10)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(items).To(HaveLen(1))
+	g.Expect(items[0].Event.ID).To(Equal("evt-full-queued"))
 }

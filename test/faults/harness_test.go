@@ -177,7 +177,28 @@ func baseArgs(t testing.TB) []string {
 	if flags["outbound-allow-cidrs"] {
 		args = append(args, "--outbound-allow-cidrs", "127.0.0.0/8")
 	}
+	if flags["history-database"] {
+		// One SQLite file per test, shared by its operators as a volume would be.
+		args = append(args, "--history-database", historyDSN(t))
+	}
 	return args
+}
+
+var (
+	historyMu   sync.Mutex
+	historyDirs = map[string]string{}
+)
+
+// historyDSN is the SQLite history store of the test: the same file for every operator it starts.
+func historyDSN(t testing.TB) string {
+	historyMu.Lock()
+	defer historyMu.Unlock()
+	dir, ok := historyDirs[t.Name()]
+	if !ok {
+		dir = t.TempDir()
+		historyDirs[t.Name()] = dir
+	}
+	return "sqlite://" + filepath.Join(dir, "history.db")
 }
 
 // startOperator starts `webhook-operator manager` with the base flags and args; it is killed
