@@ -34,6 +34,7 @@ import (
 	"github.com/docrouter/webhook-operator/internal/intake"
 	"github.com/docrouter/webhook-operator/internal/metrics"
 	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 	"github.com/docrouter/webhook-operator/publish"
 )
 
@@ -182,7 +183,7 @@ func TestPublishFansOutToSubscribedEndpointsOnce(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	docs, all, llm := testenv.NewReceiver(t, signingKey), testenv.NewReceiver(t, signingKey), testenv.NewReceiver(t, signingKey)
+	docs, all, llm := testreceiver.New(t, signingKey), testreceiver.New(t, signingKey), testreceiver.New(t, signingKey)
 	endpoint(t, ns, "docs", docs.URL, "document.*")
 	endpoint(t, ns, "all", all.URL, "*")
 	endpoint(t, ns, "llm", llm.URL, "llm.completed", "llm.error")
@@ -201,7 +202,7 @@ func TestPublishFansOutToSubscribedEndpointsOnce(t *testing.T) {
 	))
 
 	// Each subscribed receiver gets the event once, signed; the third gets nothing.
-	for _, r := range []*testenv.Receiver{docs, all} {
+	for _, r := range []*testreceiver.Receiver{docs, all} {
 		g.Eventually(r.Count, 20*time.Second, 50*time.Millisecond).Should(Equal(1))
 		req := r.Requests()[0]
 		g.Expect(req.Verified).To(BeTrue(), "signature: %v", req.VerifyErr)
@@ -421,7 +422,7 @@ func TestPublishIncludesPausedEndpoints(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	r := testenv.NewReceiver(t, signingKey)
+	r := testreceiver.New(t, signingKey)
 	create(t, &webhooksv1alpha1.WebhookEndpoint{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "paused"},
 		Spec: webhooksv1alpha1.WebhookEndpointSpec{

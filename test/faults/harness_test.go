@@ -35,6 +35,7 @@ import (
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
 	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 var (
@@ -277,12 +278,13 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 // holdingReceiver is a signature-verifying receiver that holds every request for hold before
 // answering, and counts the requests it holds right now.
 type holdingReceiver struct {
-	*testenv.Receiver
+	*testreceiver.Receiver
 	held atomic.Int64
 }
 
-func newHoldingReceiver(t testing.TB, key []byte, hold time.Duration) *holdingReceiver {
-	r := &holdingReceiver{Receiver: testenv.NewReceiver(t, key)}
+func newHoldingReceiver(tb testing.TB, key []byte, hold time.Duration) *holdingReceiver {
+	tb.Helper()
+	r := &holdingReceiver{Receiver: testreceiver.New(tb, key)}
 	r.OnRequest(func(*http.Request) {
 		r.held.Add(1)
 		time.Sleep(hold)
@@ -302,7 +304,7 @@ type tally struct {
 
 func (t tally) duplicates() int { return t.requests - len(t.perEvent) }
 
-func tallyOf(reqs []testenv.Request) tally {
+func tallyOf(reqs []testreceiver.Request) tally {
 	tl := tally{requests: len(reqs), perEvent: map[string]int{}, bodies: map[string][]byte{}}
 	for _, r := range reqs {
 		if !r.Verified {
