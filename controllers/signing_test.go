@@ -48,6 +48,12 @@ func newWhsec(t *testing.T) string {
 	return "whsec_" + base64.StdEncoding.EncodeToString(key)
 }
 
+// newDocRouterKey is a random key for the DocRouter scheme (raw bytes, not in whsec_ form).
+func newDocRouterKey(t *testing.T) string {
+	t.Helper()
+	return "docrouter-" + newWhsec(t)[6:]
+}
+
 func secretWith(ns, name, value string) *corev1.Secret {
 	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: map[string][]byte{"key": []byte(value)}}
 }
@@ -185,7 +191,7 @@ func TestSigningSecretRotation(t *testing.T) {
 		{webhooksv1alpha1.SignatureSchemeStandardWebhooks, newWhsec, verifyStandardWebhooks,
 			func(h http.Header) int { return len(strings.Fields(h.Get("webhook-signature"))) },
 			standardwebhooks.ErrNoMatchingSignature},
-		{webhooksv1alpha1.SignatureSchemeDocRouter, func(t *testing.T) string { return "docrouter-" + newWhsec(t)[6:] }, verifyDocRouterEither,
+		{webhooksv1alpha1.SignatureSchemeDocRouter, newDocRouterKey, verifyDocRouterEither,
 			func(h http.Header) int {
 				n := 0
 				for _, v := range []string{h.Get(dispatcher.HeaderSignature), h.Get(dispatcher.HeaderSignaturePrevious)} {

@@ -163,6 +163,7 @@ func TestSendLargeBodyMemoryStaysFlat(t *testing.T) {
 // snippet shows that the body was inflated, and where it was cut). Members concatenate: a stream
 // of n of them inflates to n*16 MiB.
 func gzipBomb(t *testing.T) []byte {
+	t.Helper()
 	bombOnce.Do(func() {
 		var b bytes.Buffer
 		zw, _ := gzip.NewWriterLevel(&b, gzip.BestSpeed)
@@ -332,6 +333,7 @@ func TestSendTLS(t *testing.T) {
 
 // newCAPEM makes a self-signed CA certificate.
 func newCAPEM(t *testing.T) []byte {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)

@@ -275,6 +275,7 @@ func createFinishedIn(t *testing.T, ns string, n, conc int) time.Duration {
 
 // measureLimit is (1): the best rate of create + one status patch over a few concurrencies.
 func measureLimit(t *testing.T) (best float64, bestConc int) {
+	t.Helper()
 	for _, conc := range []int{8, 16, 32, 64} {
 		n := 1500
 		took := createFinishedIn(t, newNamespace(t, fmt.Sprintf("limit-%d", conc)), n, conc)
@@ -288,6 +289,7 @@ func measureLimit(t *testing.T) (best float64, bestConc int) {
 }
 
 func createFinished(t *testing.T, n, conc int) {
+	t.Helper()
 	progress("creating %d finished deliveries", n)
 	for n > 0 {
 		batch := min(n, 10000)

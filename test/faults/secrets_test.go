@@ -237,43 +237,44 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func mustJSON(t testing.TB, v any) string {
+func mustJSON(tb testing.TB, v any) string {
+	tb.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return string(b)
 }
 
 // scrape reads the operator's metrics endpoint (HTTPS with a self-signed certificate, on
 // loopback).
-func scrape(t testing.TB, addr, token string) string {
-	t.Helper()
+func scrape(tb testing.TB, addr, token string) string {
+	tb.Helper()
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // the operator's own self-signed loopback endpoint
 	}}
 	req, err := http.NewRequest(http.MethodGet, "https://"+addr+"/metrics", nil)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := c.Do(req)
 	if err != nil {
-		t.Errorf("scraping the metrics: %v", err)
+		tb.Errorf("scraping the metrics: %v", err)
 		return ""
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		t.Errorf("scraping the metrics: HTTP %d: %s", resp.StatusCode, b)
+		tb.Errorf("scraping the metrics: HTTP %d: %s", resp.StatusCode, b)
 	}
 	return string(b)
 }
 
 // metricsReaderToken is a ServiceAccount token allowed to GET /metrics, as Prometheus has in a
 // cluster: the metrics endpoint authenticates and authorises every scrape.
-func metricsReaderToken(t testing.TB, ns string) string {
-	t.Helper()
+func metricsReaderToken(tb testing.TB, ns string) string {
+	tb.Helper()
 	ctx := context.Background()
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "prometheus"}}
 	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: ns + "-metrics-reader"},
@@ -283,13 +284,13 @@ func metricsReaderToken(t testing.TB, ns string) string {
 		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: ns, Name: sa.Name}}}
 	for _, o := range []client.Object{sa, role, binding} {
 		if err := env.Client.Create(ctx, o); err != nil {
-			t.Fatalf("creating %T: %v", o, err)
+			tb.Fatalf("creating %T: %v", o, err)
 		}
 	}
 	tr, err := kubernetes.NewForConfigOrDie(env.Config).CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa.Name,
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](600)}}, metav1.CreateOptions{})
 	if err != nil {
-		t.Fatalf("requesting a token: %v", err)
+		tb.Fatalf("requesting a token: %v", err)
 	}
 	return tr.Status.Token
 }
