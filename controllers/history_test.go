@@ -12,14 +12,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
 	"github.com/docrouter/webhook-operator/internal/history"
 	"github.com/docrouter/webhook-operator/internal/history/historytest"
 	"github.com/docrouter/webhook-operator/internal/metrics"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // startOperatorWithStore runs the controllers against namespace ns with a history store.
@@ -67,7 +66,7 @@ func TestFinishedDeliveriesAreArchivedThenLeaveEtcd(t *testing.T) {
 		g := NewWithT(t)
 		ns := env.Namespace(t)
 		signingSecret(t, ns)
-		ok, down := testenv.NewReceiver(t, testKey, http.StatusOK), testenv.NewReceiver(t, testKey, http.StatusInternalServerError)
+		ok, down := testreceiver.New(t, testKey, http.StatusOK), testreceiver.New(t, testKey, http.StatusInternalServerError)
 		startOperatorWithStore(t, ns, historyOptions(), store)
 		create(t, newEndpoint(ns, "ok", ok.URL), newEndpoint(ns, "down", down.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
 			ep.Spec.RetryPolicy = fastRetries(1)
@@ -106,7 +105,7 @@ func TestFinishedDeliveriesBeyondTheLimitLeaveOldestFirst(t *testing.T) {
 	store := historytest.SQLite(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	opts := historyOptions()
 	opts.SucceededRetention, opts.MaxFinishedDeliveries = time.Hour, 5
 	startOperatorWithStore(t, ns, opts, store)
@@ -141,7 +140,7 @@ func TestEveryAttemptIsRecordedBeyondTheTwentyOfStatus(t *testing.T) {
 	store := historytest.SQLite(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusServiceUnavailable)
+	rcv := testreceiver.New(t, testKey, http.StatusServiceUnavailable)
 	opts := historyOptions()
 	opts.FailedRetention = time.Hour
 	startOperatorWithStore(t, ns, opts, store)
@@ -184,7 +183,7 @@ func TestDeliveriesStayInEtcdWhileTheStoreIsDown(t *testing.T) {
 	t.Cleanup(func() { _ = store.Close() })
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	opts := historyOptions()
 	opts.SucceededRetention = time.Second
 	startOperatorWithStore(t, ns, opts, store)
@@ -237,7 +236,7 @@ func TestDeliveryRecreatedFromItsRecordContinuesIt(t *testing.T) {
 	store := historytest.SQLite(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusBadGateway, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusBadGateway, http.StatusOK)
 	opts := historyOptions()
 	opts.FailedRetention = time.Second
 	startOperatorWithStore(t, ns, opts, store)
@@ -267,5 +266,4 @@ func TestDeliveryRecreatedFromItsRecordContinuesIt(t *testing.T) {
 	reqs := rcv.Requests()
 	g.Expect(reqs).To(HaveLen(2))
 	g.Expect(reqs[1].Header.Get(dispatcher.HeaderAttempt)).To(Equal("2"))
-	_ = client.ObjectKeyFromObject(again)
 }

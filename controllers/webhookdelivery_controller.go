@@ -3,9 +3,9 @@ package controllers
 import (
 	"context"
 	"errors"
-	"strconv"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"

@@ -27,6 +27,7 @@ import (
 	"github.com/docrouter/webhook-operator/internal/history/historytest"
 	"github.com/docrouter/webhook-operator/internal/intake"
 	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // startStack runs the operator's controllers for ns, with store (nil: none), and serves the
@@ -171,7 +172,7 @@ func TestBacklogHoldsEventsBeyondTheWorkingSetInPublishOrder(t *testing.T) {
 	store := historytest.SQLite(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, signingKey)
+	rcv := testreceiver.New(t, signingKey)
 	opts := controllers.DefaultOptions()
 	opts.HealthUpdateInterval = 200 * time.Millisecond
 	base := startStack(t, env, ns, opts, store)
@@ -227,7 +228,7 @@ func TestBacklogHoldsEventsBeyondTheWorkingSetInPublishOrder(t *testing.T) {
 }
 
 // distinct is the set of event ids among verified requests.
-func distinct(reqs []testenv.Request) map[string]bool {
+func distinct(reqs []testreceiver.Request) map[string]bool {
 	out := map[string]bool{}
 	for _, r := range reqs {
 		if r.Verified {

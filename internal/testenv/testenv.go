@@ -81,7 +81,9 @@ func StartWith(s Settings) (*Env, error) { return start(s) }
 // Environment().ControlPlane.APIServer can be stopped and started again (an API-server outage)
 // while clients keep their kubeconfig: envtest otherwise makes a new serving CA on each start.
 // The caller removes certDir after Stop.
-func StartRestartable(certDir string) (*Env, error) { return start(Settings{APIServerCertDir: certDir}) }
+func StartRestartable(certDir string) (*Env, error) {
+	return start(Settings{APIServerCertDir: certDir})
+}
 
 func start(settings Settings) (*Env, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {

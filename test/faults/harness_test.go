@@ -181,7 +181,7 @@ func baseArgs(tb testing.TB) []string {
 	}
 	if flags["history-database"] {
 		// One SQLite file per test, shared by its operators as a volume would be.
-		args = append(args, "--history-database", historyDSN(t))
+		args = append(args, "--history-database", historyDSN(tb))
 	}
 	return args
 }
@@ -192,13 +192,14 @@ var (
 )
 
 // historyDSN is the SQLite history store of the test: the same file for every operator it starts.
-func historyDSN(t testing.TB) string {
+func historyDSN(tb testing.TB) string {
+	tb.Helper()
 	historyMu.Lock()
 	defer historyMu.Unlock()
-	dir, ok := historyDirs[t.Name()]
+	dir, ok := historyDirs[tb.Name()]
 	if !ok {
-		dir = t.TempDir()
-		historyDirs[t.Name()] = dir
+		dir = tb.TempDir()
+		historyDirs[tb.Name()] = dir
 	}
 	return "sqlite://" + filepath.Join(dir, "history.db")
 }

@@ -8,7 +8,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/internal/history"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // TestSIGKILLBetweenArchiveAndDeleteKeepsExactlyOneRecord is issue 12's crash case: a delivery is
@@ -24,7 +24,7 @@ func TestSIGKILLBetweenArchiveAndDeleteKeepsExactlyOneRecord(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t)
 	key := []byte("faults-archive-signing-key")
-	rcv := testenv.NewReceiver(t, key)
+	rcv := testreceiver.New(t, key)
 	endpointFor(t, ns, "crm", rcv.URL+"/hooks", key)
 	dsn := historyDSN(t)
 
