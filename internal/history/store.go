@@ -72,6 +72,8 @@ func (d dialect) q(query string) string {
 // sqlStore is the Store of both engines.
 type sqlStore struct {
 	d dialect
+	// where names the database in errors, without credentials.
+	where string
 	// write runs the write transactions. For SQLite it holds one connection, so writes queue
 	// in Go instead of failing with SQLITE_BUSY; for PostgreSQL it is the pool.
 	write *sql.DB
@@ -95,11 +97,11 @@ func (s *sqlStore) Close() error {
 
 func (s *sqlStore) Ping(ctx context.Context) error {
 	if err := s.write.PingContext(ctx); err != nil {
-		return fmt.Errorf("history: the %s store does not answer: %w", s.d.engine, err)
+		return fmt.Errorf("history: %s does not answer: %w", s.where, err)
 	}
 	if s.read != s.write {
 		if err := s.read.PingContext(ctx); err != nil {
-			return fmt.Errorf("history: the %s store does not answer: %w", s.d.engine, err)
+			return fmt.Errorf("history: %s does not answer: %w", s.where, err)
 		}
 	}
 	return nil
