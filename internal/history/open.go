@@ -105,7 +105,7 @@ func scrub(err error, secret string) error {
 // deletes WebhookDeliveries from etcd once they are in the store.
 const (
 	sqliteWriteParams = "_txlock=immediate&_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)" +
-		"&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)&_pragma=cache_size(-16384)"
+		"&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)&_pragma=cache_size(-16384)&_pragma=wal_autocheckpoint(8192)"
 	sqliteReadParams = "_pragma=busy_timeout(10000)&_pragma=query_only(1)&_pragma=foreign_keys(1)" +
 		"&_pragma=cache_size(-16384)"
 	sqliteReaders = 4
@@ -151,7 +151,12 @@ func openSQLite(ctx context.Context, path string, now func() time.Time) (Store, 
 		_ = read.Close()
 		return nil, fmt.Errorf("history: cannot open the SQLite history database %s for reading: %w", path, err)
 	}
-	return &sqlStore{d: sqliteDialect, where: "the SQLite history database " + path, write: write, read: read, now: now}, nil
+	s := &sqlStore{d: sqliteDialect, where: "the SQLite history database " + path, write: write, read: read, now: now}
+	if err := s.prepareWrites(ctx); err != nil {
+		_ = s.Close()
+		return nil, fmt.Errorf("history: cannot prepare the statements of the SQLite history database %s: %w", path, err)
+	}
+	return s, nil
 }
 
 // PostgreSQL goes through database/sql with pgx's stdlib driver rather than pgxpool: both

@@ -49,6 +49,24 @@ var (
 	}
 )
 
+// byNames selects cols of the rows of table in one namespace whose names are in a JSON array:
+// its arguments are the array, then the namespace. Each name is one probe of the primary key
+// (namespace, name) whatever the planner's statistics say: in PostgreSQL through a LATERAL
+// subquery that LIMIT keeps from being flattened into a join (a freshly filled table without
+// statistics otherwise got a scan of the whole namespace); SQLite probes an IN list by index.
+func (d dialect) byNames(table, cols string) string {
+	if d.dollar {
+		return d.q("SELECT r.* FROM json_array_elements_text(?::json) AS k(name) CROSS JOIN LATERAL " +
+			"(SELECT " + cols + " FROM " + table + " WHERE namespace = ? AND name = k.name LIMIT 1) AS r")
+	}
+	return "SELECT " + cols + " FROM " + table + " WHERE name IN (SELECT value FROM json_each(?)) AND namespace = ?"
+}
+
+func namesJSON(names []string) string {
+	b, _ := json.Marshal(names)
+	return string(b)
+}
+
 // q rewrites a query written with ? placeholders for the engine.
 func (d dialect) q(query string) string {
 	if !d.dollar {
@@ -81,13 +99,56 @@ type sqlStore struct {
 	// the writer writes); the pool again for PostgreSQL.
 	read *sql.DB
 	now  func() time.Time
+
+	// stmts are the write statements that SQLite would otherwise parse at every call (a
+	// multi-row INSERT of 2,400 values per chunk), prepared once at Open on the write
+	// connection; read-only afterwards. PostgreSQL has none: pgx caches the statements of each
+	// connection itself.
+	stmts map[string]*sql.Stmt
 }
 
 var _ Store = (*sqlStore)(nil)
 
+// prepareWrites prepares the statements of every Write, for the whole chunks. It runs before
+// the store is used: the write pool of SQLite has one connection, which a transaction holds.
+func (s *sqlStore) prepareWrites(ctx context.Context) error {
+	s.stmts = map[string]*sql.Stmt{}
+	for _, q := range []string{
+		s.d.lockRevision, setRevisionQuery, s.d.byNames("records", loadStatesColumns),
+		upsertRecordsQuery(rowsPerInsert), insertAttemptsQuery(rowsPerInsert), addRollupsQuery(rowsPerInsert),
+	} {
+		q = s.d.q(q)
+		st, err := s.write.PrepareContext(ctx, q)
+		if err != nil {
+			return fmt.Errorf("preparing %.40q: %w", q, err)
+		}
+		s.stmts[q] = st
+	}
+	return nil
+}
+
+// exec runs a write statement of tx, prepared when it is one of stmts.
+func (s *sqlStore) exec(ctx context.Context, tx *sql.Tx, query string, args ...any) (sql.Result, error) {
+	if st := s.stmts[query]; st != nil {
+		return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return tx.ExecContext(ctx, query, args...)
+}
+
+// query is exec for statements that return rows.
+func (s *sqlStore) query(ctx context.Context, tx *sql.Tx, query string, args ...any) (*sql.Rows, error) {
+	if st := s.stmts[query]; st != nil {
+		return tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+	}
+	return tx.QueryContext(ctx, query, args...)
+}
+
 func (s *sqlStore) Engine() string { return s.d.engine }
 
 func (s *sqlStore) Close() error {
+	for _, st := range s.stmts {
+		_ = st.Close()
+	}
 	err := s.write.Close()
 	if s.read != s.write {
 		err = errors.Join(err, s.read.Close())
@@ -146,14 +207,24 @@ func ignoreDone(err error) error {
 // lockRevision returns the store's revision, locked until tx ends.
 func (s *sqlStore) lockRevision(ctx context.Context, tx *sql.Tx) (int64, error) {
 	var rev int64
-	if err := tx.QueryRowContext(ctx, s.d.lockRevision).Scan(&rev); err != nil {
+	rows, err := s.query(ctx, tx, s.d.lockRevision)
+	if err != nil {
+		return 0, fmt.Errorf("reading the store's revision: %w", err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		return 0, fmt.Errorf("reading the store's revision: %w", errors.Join(rows.Err(), errors.New("history_meta has no row")))
+	}
+	if err := rows.Scan(&rev); err != nil {
 		return 0, fmt.Errorf("reading the store's revision: %w", err)
 	}
 	return rev, nil
 }
 
+const setRevisionQuery = "UPDATE history_meta SET revision = ? WHERE id = 1"
+
 func (s *sqlStore) setRevision(ctx context.Context, tx *sql.Tx, rev int64) error {
-	_, err := tx.ExecContext(ctx, s.d.q("UPDATE history_meta SET revision = ? WHERE id = 1"), rev)
+	_, err := s.exec(ctx, tx, s.d.q(setRevisionQuery), rev)
 	return err
 }
 
@@ -424,18 +495,14 @@ func (s *sqlStore) write1(ctx context.Context, tx *sql.Tx, rows []*recordRow) er
 	return nil
 }
 
+const loadStatesColumns = "name, uid, phase, attempt_count, removed_time, digest"
+
 // loadStates reads what Write needs of the stored records among keys.
 func (s *sqlStore) loadStates(ctx context.Context, tx *sql.Tx, keys []Key) (map[Key]storedState, error) {
 	out := make(map[Key]storedState, len(keys))
 	err := forKeysByNamespace(keys, func(ns string, names []string) error {
-		args := make([]any, 0, len(names)+1)
-		args = append(args, ns)
-		for _, n := range names {
-			args = append(args, n)
-		}
-		rows, err := tx.QueryContext(ctx, s.d.q(
-			"SELECT name, uid, phase, attempt_count, removed_time, digest FROM records WHERE namespace = ? AND name IN "+placeholders(len(names))),
-			args...)
+		rows, err := s.query(ctx, tx, s.d.byNames("records", loadStatesColumns),
+			namesJSON(names), ns)
 		if err != nil {
 			return fmt.Errorf("reading stored records: %w", err)
 		}
@@ -491,6 +558,11 @@ var recordUpsertSet = func() string {
 	return strings.Join(set, ", ")
 }()
 
+func upsertRecordsQuery(rows int) string {
+	return "INSERT INTO records (" + recordInsertColumns + ") VALUES " + valuesList(rows, recordInsertCount) +
+		" ON CONFLICT (namespace, name) DO UPDATE SET " + recordUpsertSet
+}
+
 func (s *sqlStore) upsertRecords(ctx context.Context, tx *sql.Tx, rows []*recordRow) error {
 	return chunks(len(rows), rowsPerInsert, func(lo, hi int) error {
 		args := make([]any, 0, (hi-lo)*recordInsertCount)
@@ -502,9 +574,7 @@ func (s *sqlStore) upsertRecords(ctx context.Context, tx *sql.Tx, rows []*record
 				microPtr(r.LastAttemptTime), microPtr(r.NextAttemptTime), microPtr(r.CompletionTime), row.removed,
 				row.revision, row.revision, row.digest)
 		}
-		query := "INSERT INTO records (" + recordInsertColumns + ") VALUES " + valuesList(hi-lo, recordInsertCount) +
-			" ON CONFLICT (namespace, name) DO UPDATE SET " + recordUpsertSet
-		if _, err := tx.ExecContext(ctx, s.d.q(query), args...); err != nil {
+		if _, err := s.exec(ctx, tx, s.d.q(upsertRecordsQuery(hi-lo)), args...); err != nil {
 			return fmt.Errorf("upserting records: %w", err)
 		}
 		return nil
@@ -515,6 +585,13 @@ type attemptKey struct {
 	uid    string
 	number int32
 }
+
+func insertAttemptsQuery(rows int) string {
+	return "INSERT INTO attempts (delivery_uid, number, namespace, name, attempt_time, status_code, duration_ms, result, error, attempt_trigger) VALUES " +
+		valuesList(rows, attemptColumnCount) + " ON CONFLICT (namespace, name, delivery_uid, number) DO NOTHING RETURNING delivery_uid, number"
+}
+
+const attemptColumnCount = 10
 
 // insertAttempts inserts the attempts not stored yet and returns those it inserted.
 func (s *sqlStore) insertAttempts(ctx context.Context, tx *sql.Tx, rows []*recordRow) (map[attemptKey]bool, error) {
@@ -535,17 +612,14 @@ func (s *sqlStore) insertAttempts(ctx context.Context, tx *sql.Tx, rows []*recor
 		}
 	}
 	inserted := make(map[attemptKey]bool, len(items))
-	const cols = 10
 	err := chunks(len(items), rowsPerInsert, func(lo, hi int) error {
-		args := make([]any, 0, (hi-lo)*cols)
+		args := make([]any, 0, (hi-lo)*attemptColumnCount)
 		for _, it := range items[lo:hi] {
 			a := it.a.a
 			args = append(args, it.a.uid, a.Number, it.row.rec.Namespace, it.row.rec.Name, micro(a.Time.Time),
 				a.StatusCode, a.DurationMilliseconds, a.Result, a.Error, string(a.Trigger))
 		}
-		rs, err := tx.QueryContext(ctx, s.d.q(
-			"INSERT INTO attempts (delivery_uid, number, namespace, name, attempt_time, status_code, duration_ms, result, error, attempt_trigger) VALUES "+
-				valuesList(hi-lo, cols)+" ON CONFLICT (delivery_uid, number) DO NOTHING RETURNING delivery_uid, number"), args...)
+		rs, err := s.query(ctx, tx, s.d.q(insertAttemptsQuery(hi-lo)), args...)
 		if err != nil {
 			return fmt.Errorf("inserting attempts: %w", err)
 		}
@@ -579,6 +653,11 @@ var rollupUpsertSet = func() string {
 	return strings.Join(set, ", ")
 }()
 
+func addRollupsQuery(rows int) string {
+	return "INSERT INTO rollups (" + rollupColumns + ") VALUES " + valuesList(rows, rollupColumnCount) +
+		" ON CONFLICT (namespace, endpoint, minute) DO UPDATE SET " + rollupUpsertSet
+}
+
 func (s *sqlStore) addRollups(ctx context.Context, tx *sql.Tx, rollups map[rollupKey]*rollup) error {
 	keys := make([]rollupKey, 0, len(rollups))
 	for k := range rollups {
@@ -596,9 +675,7 @@ func (s *sqlStore) addRollups(ctx context.Context, tx *sql.Tx, rollups map[rollu
 				args = append(args, v)
 			}
 		}
-		query := "INSERT INTO rollups (" + rollupColumns + ") VALUES " + valuesList(hi-lo, rollupColumnCount) +
-			" ON CONFLICT (namespace, endpoint, minute) DO UPDATE SET " + rollupUpsertSet
-		if _, err := tx.ExecContext(ctx, s.d.q(query), args...); err != nil {
+		if _, err := s.exec(ctx, tx, s.d.q(addRollupsQuery(hi-lo)), args...); err != nil {
 			return fmt.Errorf("adding to the rollups: %w", err)
 		}
 		return nil
@@ -838,12 +915,7 @@ func (s *sqlStore) Archived(ctx context.Context, checks []ArchiveCheck) (map[typ
 	}
 	stored := map[Key]state{}
 	err := forKeysByNamespace(keys, func(ns string, names []string) error {
-		args := []any{ns}
-		for _, n := range names {
-			args = append(args, n)
-		}
-		rows, err := s.read.QueryContext(ctx, s.d.q(
-			"SELECT name, uid, phase, attempt_count FROM records WHERE namespace = ? AND name IN "+placeholders(len(names))), args...)
+		rows, err := s.read.QueryContext(ctx, s.d.byNames("records", "name, uid, phase, attempt_count"), namesJSON(names), ns)
 		if err != nil {
 			return err
 		}
@@ -911,32 +983,26 @@ func (s *sqlStore) MarkRemoved(ctx context.Context, keys []Key, at time.Time) er
 func (s *sqlStore) Known(ctx context.Context, namespace string, names []string) (map[string]bool, error) {
 	out := make(map[string]bool, len(names))
 	err := chunks(len(names), keysPerIn, func(lo, hi int) error {
-		part := names[lo:hi]
-		args := make([]any, 0, 2*len(part)+2)
-		args = append(args, namespace)
-		for _, n := range part {
-			args = append(args, n)
-		}
-		args = append(args, namespace)
-		for _, n := range part {
-			args = append(args, n)
-		}
-		in := placeholders(len(part))
-		rows, err := s.read.QueryContext(ctx, s.d.q(
-			"SELECT name FROM records WHERE namespace = ? AND name IN "+in+
-				" UNION SELECT name FROM backlog WHERE namespace = ? AND name IN "+in), args...)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var n string
-			if err := rows.Scan(&n); err != nil {
+		list := namesJSON(names[lo:hi])
+		for _, table := range []string{"records", "backlog"} {
+			rows, err := s.read.QueryContext(ctx, s.d.byNames(table, "name"), list, namespace)
+			if err != nil {
 				return err
 			}
-			out[n] = true
+			for rows.Next() {
+				var n string
+				if err := rows.Scan(&n); err != nil {
+					rows.Close()
+					return err
+				}
+				out[n] = true
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
 		}
-		return rows.Err()
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("history: looking up %d names in namespace %q: %w", len(names), namespace, err)
