@@ -178,7 +178,7 @@ func TestDeliveriesStayInEtcdWhileTheStoreIsDown(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	server := historytest.StartPostgres(t)
-	store, err := history.Open(ctx, server.DSN(server.Database(t)), history.Options{})
+	store, err := history.Open(ctx, server.Database(t), history.Options{})
 	g.Expect(err).NotTo(HaveOccurred())
 	t.Cleanup(func() { _ = store.Close() })
 	ns := env.Namespace(t)

@@ -140,10 +140,14 @@ func (w *WorkingSet) Queued(endpoint types.NamespacedName) {
 	w.mu.Unlock()
 }
 
-// setBacklog replaces the backlog counts by the store's.
+// setBacklog replaces the backlog counts by the store's (a copy: the caller keeps its map).
 func (w *WorkingSet) setBacklog(counts map[types.NamespacedName]int64) {
+	own := make(map[types.NamespacedName]int64, len(counts))
+	for k, n := range counts {
+		own[k] = n
+	}
 	w.mu.Lock()
-	w.backlogCount = counts
+	w.backlogCount = own
 	w.mu.Unlock()
 }
 

@@ -132,17 +132,25 @@ func (e *Env) Stop() error { return e.env.Stop() }
 // Environment exposes envtest's environment (for its control plane's processes).
 func (e *Env) Environment() *envtest.Environment { return e.env }
 
-// Run is a TestMain body: start the control plane, run the tests, stop it.
+// Run is a TestMain body: start the control plane, run the tests, stop it. run, when given,
+// runs the tests instead of m.Run (such as historytest.Main, which also stops the PostgreSQL
+// server the tests started).
 //
 //	func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env)) }
-func Run(m *testing.M, env **Env) int {
+//	func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env, historytest.Main)) }
+func Run(m *testing.M, env **Env, run ...func(*testing.M) int) int {
 	e, err := Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	*env = e
-	code := m.Run()
+	var code int
+	if len(run) > 0 {
+		code = run[0](m)
+	} else {
+		code = m.Run()
+	}
 	if err := e.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "stopping envtest:", err)
 	}
