@@ -46,7 +46,7 @@ func TestSIGKILLBetweenArchiveAndDeleteKeepsExactlyOneRecord(t *testing.T) {
 	kills := 0
 	for left := n; left > 0 && kills < 3; kills++ {
 		op = startOperator(t, "operator-delete-"+strconv.Itoa(kills), "--succeeded-retention", "1s", "--retention-sweep-interval", "200ms")
-		target := left - n/4
+		target := max(left-n/4, 0)
 		eventually(t, 90*time.Second, "deliveries leave etcd", func() bool { left = inEtcd(t, ns); return left <= target })
 		op.kill()
 		left = inEtcd(t, ns)
