@@ -779,18 +779,19 @@ func decodeContinue(token string) (int64, error) {
 // so records written meanwhile (which get higher seqs) neither shift nor repeat later pages.
 // Each filter walks an index that holds it and seq (see the migrations); EventType and Since
 // are applied on that walk.
-func (s *sqlStore) List(ctx context.Context, opts ListOptions) (*Page, error) {
+// listQuery is the query of List (with ? placeholders), its arguments and the page size.
+func listQuery(opts ListOptions) (string, []any, int, error) {
 	limit := opts.Limit
 	switch {
 	case limit < 0:
-		return nil, fmt.Errorf("history: the page size %d is negative", limit)
+		return "", nil, 0, fmt.Errorf("history: the page size %d is negative", limit)
 	case limit == 0:
 		limit = DefaultPageSize
 	case limit > MaxPageSize:
 		limit = MaxPageSize
 	}
 	if opts.Phase != "" && !validPhase(opts.Phase) {
-		return nil, fmt.Errorf("history: cannot list by the unknown phase %q (Pending, Retrying, Succeeded or Failed)", opts.Phase)
+		return "", nil, 0, fmt.Errorf("history: cannot list by the unknown phase %q (Pending, Retrying, Succeeded or Failed)", opts.Phase)
 	}
 	var where []string
 	var args []any
@@ -819,7 +820,7 @@ func (s *sqlStore) List(ctx context.Context, opts ListOptions) (*Page, error) {
 	if opts.Continue != "" {
 		seq, err := decodeContinue(opts.Continue)
 		if err != nil {
-			return nil, err
+			return "", nil, 0, err
 		}
 		add("seq < ?", seq)
 	}
@@ -830,8 +831,16 @@ func (s *sqlStore) List(ctx context.Context, opts ListOptions) (*Page, error) {
 	query += " ORDER BY seq DESC LIMIT ?"
 	args = append(args, limit+1)
 
+	return query, args, limit, nil
+}
+
+func (s *sqlStore) List(ctx context.Context, opts ListOptions) (*Page, error) {
+	query, args, limit, err := listQuery(opts)
+	if err != nil {
+		return nil, err
+	}
 	page := &Page{}
-	err := s.inRead(ctx, func(tx *sql.Tx) error {
+	err = s.inRead(ctx, func(tx *sql.Tx) error {
 		if err := tx.QueryRowContext(ctx, "SELECT revision FROM history_meta WHERE id = 1").Scan(&page.Revision); err != nil {
 			return err
 		}
