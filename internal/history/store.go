@@ -9,10 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"k8s.io/apimachinery/pkg/types"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
@@ -33,6 +35,10 @@ type dialect struct {
 	lockRevision string
 	// readTx are the options of read transactions that read more than one statement (List).
 	readTx *sql.TxOptions
+	// lockBacklog, when set, serialises Enqueue per namespace until the transaction ends:
+	// replicas that enqueue the same names in different orders would otherwise deadlock on
+	// the backlog's unique index (SQLite's one writer needs nothing).
+	lockBacklog string
 }
 
 var (
@@ -45,7 +51,8 @@ var (
 		dollar:       true,
 		lockRevision: "SELECT revision FROM history_meta WHERE id = 1 FOR UPDATE",
 		// One snapshot for a page and the revision it reports.
-		readTx: &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true},
+		readTx:      &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true},
+		lockBacklog: "SELECT pg_advisory_xact_lock(7231, hashtext($1))",
 	}
 )
 
@@ -195,6 +202,16 @@ func (s *sqlStore) inRead(ctx context.Context, fn func(tx *sql.Tx) error) error 
 	}
 	defer func() { _ = tx.Rollback() }()
 	return fn(tx)
+}
+
+// maxTries bounds the runs of a transaction that PostgreSQL aborted (see retryable).
+const maxTries = 5
+
+// retryable reports a PostgreSQL deadlock or serialisation failure: the transaction was
+// aborted and can run again.
+func retryable(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && (pg.Code == "40P01" || pg.Code == "40001")
 }
 
 func ignoreDone(err error) error {
@@ -1132,7 +1149,20 @@ func (s *sqlStore) Enqueue(ctx context.Context, items []BacklogItem) ([]bool, er
 		events[i] = string(b)
 	}
 	now := s.now()
-	err := s.inWrite(ctx, func(tx *sql.Tx) error {
+	var namespaces []string
+	for _, it := range items {
+		namespaces = append(namespaces, it.Namespace)
+	}
+	slices.Sort(namespaces)
+	namespaces = slices.Compact(namespaces)
+	enqueue := func(tx *sql.Tx) error {
+		if s.d.lockBacklog != "" {
+			for _, ns := range namespaces { // in order: two callers never wait on each other in a cycle
+				if _, err := tx.ExecContext(ctx, s.d.lockBacklog, ns); err != nil {
+					return err
+				}
+			}
+		}
 		// Known to the records, or already in the backlog (the unique index on namespace and
 		// name decides between replicas that enqueue the same name at once).
 		stmt, err := tx.PrepareContext(ctx, s.d.q(
@@ -1159,7 +1189,21 @@ func (s *sqlStore) Enqueue(ctx context.Context, items []BacklogItem) ([]bool, er
 			added[i] = n > 0
 		}
 		return nil
-	})
+	}
+	// A transaction that PostgreSQL aborted (a deadlock with something else, a serialisation
+	// failure) runs again.
+	var err error
+	for try := 1; ; try++ {
+		err = s.inWrite(ctx, enqueue)
+		if err == nil || !retryable(err) || try == maxTries {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("history: adding %d events to the backlog: %w", len(items), errors.Join(err, ctx.Err()))
+		case <-time.After(time.Duration(try*try) * 5 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("history: adding %d events to the backlog: %w", len(items), err)
 	}
