@@ -59,6 +59,7 @@ var storeCases = []struct {
 func TestStore(t *testing.T) {
 	for _, e := range engines {
 		t.Run(e.name, func(t *testing.T) {
+			t.Parallel() // SQLite works in this process, PostgreSQL mostly in its own
 			for _, c := range storeCases {
 				t.Run(c.name, func(t *testing.T) {
 					c.run(t, e.open(t, history.Options{Now: func() time.Time { return t0.Add(time.Hour) }}))
@@ -365,6 +366,7 @@ func testPagingUnderWrites(t *testing.T, s history.Store) {
 				writeErr = err
 				return
 			}
+			time.Sleep(2 * time.Millisecond) // leave the readers some of the machine
 		}
 	})
 
