@@ -34,6 +34,7 @@ func TestMigrations(t *testing.T) {
 		dsn  func(testing.TB) string
 	}{{"sqlite", historytest.SQLiteDSN}, {"postgres", historytest.Postgres}} {
 		t.Run(e.name+": a fresh database is brought to the latest version, and reopening applies nothing", func(t *testing.T) {
+			t.Parallel()
 			files, err := filepath.Glob(filepath.Join("migrations", e.name, "*.sql"))
 			if err != nil || len(files) == 0 {
 				t.Fatalf("no migrations for %s: %v", e.name, err)
@@ -140,6 +141,7 @@ func TestRedactDSN(t *testing.T) {
 }
 
 func TestPostgresRestart(t *testing.T) {
+	t.Parallel()
 	t.Run("while PostgreSQL is down calls fail; once it is back the same store works, without reopening", func(t *testing.T) {
 		srv := historytest.StartPostgres(t)
 		s, err := history.Open(ctxT(t), srv.Database(t), history.Options{})

@@ -9,10 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"k8s.io/apimachinery/pkg/types"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
@@ -33,6 +35,10 @@ type dialect struct {
 	lockRevision string
 	// readTx are the options of read transactions that read more than one statement (List).
 	readTx *sql.TxOptions
+	// lockBacklog, when set, serialises Enqueue per namespace until the transaction ends:
+	// replicas that enqueue the same names in different orders would otherwise deadlock on
+	// the backlog's unique index (SQLite's one writer needs nothing).
+	lockBacklog string
 }
 
 var (
@@ -45,7 +51,8 @@ var (
 		dollar:       true,
 		lockRevision: "SELECT revision FROM history_meta WHERE id = 1 FOR UPDATE",
 		// One snapshot for a page and the revision it reports.
-		readTx: &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true},
+		readTx:      &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true},
+		lockBacklog: "SELECT pg_advisory_xact_lock(7231, hashtext($1))",
 	}
 )
 
@@ -195,6 +202,16 @@ func (s *sqlStore) inRead(ctx context.Context, fn func(tx *sql.Tx) error) error 
 	}
 	defer func() { _ = tx.Rollback() }()
 	return fn(tx)
+}
+
+// maxTries bounds the runs of a transaction that PostgreSQL aborted (see retryable).
+const maxTries = 5
+
+// retryable reports a PostgreSQL deadlock or serialisation failure: the transaction was
+// aborted and can run again.
+func retryable(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && (pg.Code == "40P01" || pg.Code == "40001")
 }
 
 func ignoreDone(err error) error {
@@ -781,18 +798,19 @@ func decodeContinue(token string) (int64, error) {
 // so records written meanwhile (which get higher seqs) neither shift nor repeat later pages.
 // Each filter walks an index that holds it and seq (see the migrations); EventType and Since
 // are applied on that walk.
-func (s *sqlStore) List(ctx context.Context, opts ListOptions) (*Page, error) {
+// listQuery is the query of List (with ? placeholders), its arguments and the page size.
+func listQuery(opts ListOptions) (string, []any, int, error) {
 	limit := opts.Limit
 	switch {
 	case limit < 0:
-		return nil, fmt.Errorf("history: the page size %d is negative", limit)
+		return "", nil, 0, fmt.Errorf("history: the page size %d is negative", limit)
 	case limit == 0:
 		limit = DefaultPageSize
 	case limit > MaxPageSize:
 		limit = MaxPageSize
 	}
 	if opts.Phase != "" && !validPhase(opts.Phase) {
-		return nil, fmt.Errorf("history: cannot list by the unknown phase %q (Pending, Retrying, Succeeded or Failed)", opts.Phase)
+		return "", nil, 0, fmt.Errorf("history: cannot list by the unknown phase %q (Pending, Retrying, Succeeded or Failed)", opts.Phase)
 	}
 	var where []string
 	var args []any
@@ -821,7 +839,7 @@ func (s *sqlStore) List(ctx context.Context, opts ListOptions) (*Page, error) {
 	if opts.Continue != "" {
 		seq, err := decodeContinue(opts.Continue)
 		if err != nil {
-			return nil, err
+			return "", nil, 0, err
 		}
 		add("seq < ?", seq)
 	}
@@ -832,8 +850,16 @@ func (s *sqlStore) List(ctx context.Context, opts ListOptions) (*Page, error) {
 	query += " ORDER BY seq DESC LIMIT ?"
 	args = append(args, limit+1)
 
+	return query, args, limit, nil
+}
+
+func (s *sqlStore) List(ctx context.Context, opts ListOptions) (*Page, error) {
+	query, args, limit, err := listQuery(opts)
+	if err != nil {
+		return nil, err
+	}
 	page := &Page{}
-	err := s.inRead(ctx, func(tx *sql.Tx) error {
+	err = s.inRead(ctx, func(tx *sql.Tx) error {
 		if err := tx.QueryRowContext(ctx, "SELECT revision FROM history_meta WHERE id = 1").Scan(&page.Revision); err != nil {
 			return err
 		}
@@ -1125,7 +1151,20 @@ func (s *sqlStore) Enqueue(ctx context.Context, items []BacklogItem) ([]bool, er
 		events[i] = string(b)
 	}
 	now := s.now()
-	err := s.inWrite(ctx, func(tx *sql.Tx) error {
+	var namespaces []string
+	for _, it := range items {
+		namespaces = append(namespaces, it.Namespace)
+	}
+	slices.Sort(namespaces)
+	namespaces = slices.Compact(namespaces)
+	enqueue := func(tx *sql.Tx) error {
+		if s.d.lockBacklog != "" {
+			for _, ns := range namespaces { // in order: two callers never wait on each other in a cycle
+				if _, err := tx.ExecContext(ctx, s.d.lockBacklog, ns); err != nil {
+					return err
+				}
+			}
+		}
 		// Known to the records, or already in the backlog (the unique index on namespace and
 		// name decides between replicas that enqueue the same name at once).
 		stmt, err := tx.PrepareContext(ctx, s.d.q(
@@ -1152,7 +1191,21 @@ func (s *sqlStore) Enqueue(ctx context.Context, items []BacklogItem) ([]bool, er
 			added[i] = n > 0
 		}
 		return nil
-	})
+	}
+	// A transaction that PostgreSQL aborted (a deadlock with something else, a serialisation
+	// failure) runs again.
+	var err error
+	for try := 1; ; try++ {
+		err = s.inWrite(ctx, enqueue)
+		if err == nil || !retryable(err) || try == maxTries {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("history: adding %d events to the backlog: %w", len(items), errors.Join(err, ctx.Err()))
+		case <-time.After(time.Duration(try*try) * 5 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("history: adding %d events to the backlog: %w", len(items), err)
 	}

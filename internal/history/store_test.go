@@ -48,6 +48,7 @@ var storeCases = []struct {
 	{"Known finds names among records and the backlog, and only those", testKnown},
 	{"Enqueue keeps publish order and does not add a name the store knows", testEnqueue},
 	{"Enqueue from several goroutines at once adds each name once, in each caller's order", testEnqueueConcurrent},
+	{"Enqueue from replicas that take the same names in opposite orders adds each once, without an error", testEnqueueOppositeOrders},
 	{"NextBacklog, DeleteBacklog and BacklogCounts follow the backlog", testBacklogDrain},
 	{"Stats agree with the attempts and deliveries written", testStats},
 	{"a Failed delivery that succeeds by a manual retry counts one success more, once", testManualRetryCounted},
@@ -58,6 +59,7 @@ var storeCases = []struct {
 func TestStore(t *testing.T) {
 	for _, e := range engines {
 		t.Run(e.name, func(t *testing.T) {
+			t.Parallel() // SQLite works in this process, PostgreSQL mostly in its own
 			for _, c := range storeCases {
 				t.Run(c.name, func(t *testing.T) {
 					c.run(t, e.open(t, history.Options{Now: func() time.Time { return t0.Add(time.Hour) }}))
@@ -364,6 +366,7 @@ func testPagingUnderWrites(t *testing.T, s history.Store) {
 				writeErr = err
 				return
 			}
+			time.Sleep(2 * time.Millisecond) // leave the readers some of the machine
 		}
 	})
 
@@ -1083,5 +1086,55 @@ func testConcurrentWriters(t *testing.T, s history.Store) {
 	w := mustStats(t, s, "team-a", "crm", t0.Add(30*time.Minute)).Windows[0]
 	if w.Attempts["5xx"] != deliveries*attempts || w.Failed != deliveries {
 		t.Fatalf("stats: %d attempts and %d failed, want %d and %d (each once)", w.Attempts["5xx"], w.Failed, deliveries*attempts, deliveries)
+	}
+}
+
+func testEnqueueOppositeOrders(t *testing.T, s history.Store) {
+	const writers, names, rounds = 4, 40, 3
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	addedCount := map[string]int{}
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			for r := range rounds {
+				var batch []history.BacklogItem
+				for i := range names {
+					if w%2 == 1 {
+						i = names - 1 - i
+					}
+					batch = append(batch, backlogItem("team-a", "crm", fmt.Sprintf("evt-%d-%d", r, i)))
+				}
+				added, err := s.Enqueue(ctxT(t), batch)
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				for i, ok := range added {
+					if ok {
+						addedCount[batch[i].Name]++
+					}
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if len(addedCount) != names*rounds {
+		t.Fatalf("%d names added, want %d", len(addedCount), names*rounds)
+	}
+	for name, n := range addedCount {
+		if n != 1 {
+			t.Fatalf("%s added %d times", name, n)
+		}
+	}
+	counts, err := s.BacklogCounts(ctxT(t))
+	if err != nil || counts[history.EndpointKey{Namespace: "team-a", Name: "crm"}] != names*rounds {
+		t.Fatalf("backlog counts %v, %v", counts, err)
 	}
 }
