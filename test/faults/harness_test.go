@@ -294,7 +294,7 @@ func eventually(tb testing.TB, timeout time.Duration, what string, cond func() b
 		if time.Now().After(deadline) {
 			tb.Fatalf("timed out after %s waiting until %s", timeout, what)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
