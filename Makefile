@@ -12,6 +12,10 @@ KUBEBUILDER_ASSETS_CMD = hack/controlplane.sh
 
 GO_TEST_FLAGS ?= -race -count=1
 
+# The operator's image, built without a container engine by hack/image (go-containerregistry).
+IMG ?= docrouter/webhook-operator:v0.1.0
+IMAGE_TAR ?= bin/webhook-operator-image.tar
+
 SHELL = /usr/bin/env bash -o pipefail
 .SHELLFLAGS = -ec
 
@@ -54,6 +58,7 @@ controlplane: ## Build (or find in the cache) kube-apiserver and etcd; print the
 .PHONY: test
 test: manifests generate fmt vet ## Run every test against a real kube-apiserver and etcd (builds them on first use).
 	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" go test $(GO_TEST_FLAGS) ./...
+	cd hack/image && go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: test-faults
 test-faults: ## Fault tests on the operator process: SIGKILL mid-attempt, a 30 s API-server outage, leader handover, no credentials in logs, Events, status or metrics (about 5 minutes). See docs/faults.md.
@@ -68,6 +73,11 @@ bench: ## Measure throughput, latency, API writes, memory and isolation against 
 .PHONY: build
 build: manifests generate fmt vet ## Build the operator binary into bin/webhook-operator.
 	CGO_ENABLED=0 go build -trimpath -o bin/webhook-operator .
+
+.PHONY: image
+image: ## Build the operator's image without a container engine into $(IMAGE_TAR) (docker load / ctr images import take it).
+	go build -C hack/image -o $(LOCALBIN)/image .
+	$(LOCALBIN)/image -source . -tag $(IMG) -o $(IMAGE_TAR)
 
 .PHONY: run
 run: manifests generate fmt vet ## Run the operator against the cluster of the current kubeconfig.
