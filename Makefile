@@ -68,6 +68,14 @@ test-faults: ## Fault tests on the operator process: SIGKILL mid-attempt, a 30 s
 bench: ## Measure throughput, latency, API writes, memory and isolation against a real API server (under 10 minutes); prints a table. See docs/benchmarks.md.
 	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" go test -tags bench -count=1 -timeout 15m -run '^TestBench$$' -v ./test/bench/
 
+.PHONY: test-cluster
+test-cluster: image ## As root: a real single-node cluster (kubelet, containerd, CNI, kube-proxy; built and installed on first use), the operator installed with config/default from the image, checked as a user sees it, then torn down leaving the machine as it was (about 2 minutes warm). See docs/operations.md.
+	hack/node-packages.sh
+	hack/controlplane.sh --cluster >/dev/null
+	$(LOCALBIN)/image -pause -source . -o $(LOCALBIN)/pause-image.tar
+	CLUSTER_ASSETS="$$(hack/controlplane.sh --cluster)" CLUSTER_IMAGE=$(IMAGE_TAR) CLUSTER_PAUSE_IMAGE=$(LOCALBIN)/pause-image.tar \
+		go test -tags cluster -count=1 -timeout 20m -v ./test/cluster/
+
 ##@ Build
 
 .PHONY: build
