@@ -73,7 +73,7 @@ test-cluster: image ## As root: a real single-node cluster (kubelet, containerd,
 	hack/node-packages.sh
 	hack/controlplane.sh --cluster >/dev/null
 	$(LOCALBIN)/image -pause -source . -o $(LOCALBIN)/pause-image.tar
-	CLUSTER_ASSETS="$$(hack/controlplane.sh --cluster)" CLUSTER_IMAGE=$(IMAGE_TAR) CLUSTER_PAUSE_IMAGE=$(LOCALBIN)/pause-image.tar \
+	CLUSTER_ASSETS="$$(hack/controlplane.sh --cluster)" CLUSTER_IMAGE=$(abspath $(IMAGE_TAR)) CLUSTER_PAUSE_IMAGE=$(LOCALBIN)/pause-image.tar \
 		go test -tags cluster -count=1 -timeout 20m -v ./test/cluster/
 
 ##@ Build

@@ -21,7 +21,6 @@ package cluster
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -32,6 +31,7 @@ import (
 	"testing"
 	"time"
 
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -125,7 +125,11 @@ func TestCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := client.New(restCfg, client.Options{Scheme: testenv.NewScheme()})
+	scheme := testenv.NewScheme()
+	if err := apiextensionsv1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(restCfg, client.Options{Scheme: scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,5 +159,3 @@ func (k *checks) kubectl(args ...string) {
 	}
 	k.t.Logf("$ kubectl %s\n%s", strings.Join(args, " "), strings.TrimRight(string(out), "\n"))
 }
-
-var _ = fmt.Sprint

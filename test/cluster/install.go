@@ -28,6 +28,11 @@ func render(overlay, image string) ([]*unstructured.Unstructured, string, error)
 		return nil, "", err
 	}
 	defer os.RemoveAll(dir)
+	// kustomize takes bases by relative path only.
+	rel, err := filepath.Rel(dir, overlay)
+	if err != nil {
+		return nil, "", err
+	}
 	name, tag, _ := strings.Cut(image, ":")
 	kust := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -44,7 +49,7 @@ patches:
     - op: add
       path: /spec/template/spec/containers/0/imagePullPolicy
       value: Never
-`, overlay, name, tag)
+`, rel, name, tag)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kust), 0o600); err != nil {
 		return nil, "", err
 	}
@@ -67,14 +72,15 @@ patches:
 	return objs, kust, nil
 }
 
-// apply applies the objects server-side, as `kubectl apply --server-side` does: the CRDs
-// first, established before anything else.
+// apply applies the objects server-side, as `kubectl apply --server-side` does: Namespaces
+// and CRDs first, the CRDs established before anything else.
 func apply(ctx context.Context, c client.Client, objs []*unstructured.Unstructured) error {
 	var crds, rest []*unstructured.Unstructured
 	for _, o := range objs {
-		if o.GetKind() == "CustomResourceDefinition" {
+		switch o.GetKind() {
+		case "CustomResourceDefinition", "Namespace":
 			crds = append(crds, o)
-		} else {
+		default:
 			rest = append(rest, o)
 		}
 	}
@@ -90,6 +96,9 @@ func apply(ctx context.Context, c client.Client, objs []*unstructured.Unstructur
 		}
 	}
 	for _, o := range crds {
+		if o.GetKind() != "CustomResourceDefinition" {
+			continue
+		}
 		if err := waitFor(ctx, "CRD "+o.GetName()+" established", time.Minute, func(ctx context.Context) (bool, error) {
 			var crd apiextensionsv1.CustomResourceDefinition
 			if err := c.Get(ctx, types.NamespacedName{Name: o.GetName()}, &crd); err != nil {
