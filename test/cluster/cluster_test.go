@@ -93,6 +93,18 @@ func TestCluster(t *testing.T) {
 				t.Logf("the end of %s's log:\n%s", name, tail(p.log, 15))
 			}
 		}
+		// The same comparison while the cluster still runs must see it: otherwise it could not
+		// see what a teardown leaves either.
+		if cs != nil {
+			running := leftovers(n.state.Before, snapshotHost(), n.ownership())
+			kinds := summarize(running)
+			t.Logf("while the cluster runs, the comparison with the machine before finds %d differences: %s", len(running), kinds)
+			for _, want := range []string{"sysctl", "iptables", "mount", "network interface", "route", "socket", "directory", "cgroup"} {
+				if !strings.Contains(kinds, want) {
+					t.Errorf("while the cluster runs, the comparison finds no %s that differs: it could not find one left behind either", want)
+				}
+			}
+		}
 		n.down(tctx, cs)
 		_ = os.RemoveAll(logs)
 		if out, err := run("cp", "-r", n.path("logs"), logs); err != nil {

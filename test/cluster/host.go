@@ -350,6 +350,27 @@ func leftovers(before, after hostState, ours ownership) []string {
 	return out
 }
 
+// summarize counts differences by kind: "12 sysctl, 40 iptables, ...".
+func summarize(diffs []string) string {
+	kinds := []struct{ name, prefix string }{
+		{"sysctl", "sysctl "}, {"iptables", "iptables "}, {"ip6tables", "ip6tables "}, {"mount", "mount "},
+		{"network interface", "network interface "}, {"route", "route "}, {"socket", "socket "}, {"directory", "/"}, {"cgroup", "cgroup "},
+	}
+	var out []string
+	for _, k := range kinds {
+		n := 0
+		for _, d := range diffs {
+			if strings.HasPrefix(d, k.prefix) {
+				n++
+			}
+		}
+		if n > 0 {
+			out = append(out, fmt.Sprintf("%d %s", n, k.name))
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
 func sysctlName(p string) string {
 	return strings.ReplaceAll(strings.TrimPrefix(p, "/proc/sys/"), "/", ".")
 }
