@@ -171,6 +171,10 @@ func newNode(dir, assets string, logf func(string, ...any)) (*node, error) {
 		for _, e := range n.restoreHost(context.Background()) {
 			logf("cleaning up the previous run: %v", e)
 		}
+		if left := leftovers(old.Before, snapshotHost(), n.ownership()); len(left) > 0 {
+			n.lock.Close()
+			return nil, fmt.Errorf("cleaning up after the previous run left the machine unlike it was before that run: %s", strings.Join(left, "; "))
+		}
 	} else if _, err := os.Stat(dir); err == nil {
 		if err := os.RemoveAll(dir); err != nil {
 			return nil, err
@@ -275,8 +279,8 @@ func (n *node) stop(name string, grace time.Duration) {
 
 // waitFor polls check every interval until it returns true, the context ends or timeout
 // passes; procs that exit meanwhile end the wait with their log.
-func waitFor(ctx context.Context, what string, timeout time.Duration, check func(context.Context) (bool, error), procs ...*proc) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+func waitFor(parent context.Context, what string, timeout time.Duration, check func(context.Context) (bool, error), procs ...*proc) error {
+	ctx, cancel := context.WithTimeout(parent, timeout)
 	defer cancel()
 	var last error
 	for {
@@ -294,6 +298,9 @@ func waitFor(ctx context.Context, what string, timeout time.Duration, check func
 		}
 		select {
 		case <-ctx.Done():
+			if parent.Err() != nil {
+				return fmt.Errorf("waiting for %s: interrupted (Ctrl-C, SIGTERM or the test's deadline): %w", what, parent.Err())
+			}
 			if last != nil {
 				return fmt.Errorf("%s did not happen within %s: %w", what, timeout, last)
 			}
