@@ -81,8 +81,9 @@ func runManager(args []string) error {
 	fs.DurationVar(&retryPeriod, "leader-elect-retry-period", 2*time.Second, "How often replicas try to acquire or renew the Lease.")
 	fs.Float64Var(&qps, "kube-api-qps", 2000, "Requests per second to the API server (client-side limit). Every delivery costs about two writes.")
 	fs.IntVar(&burst, "kube-api-burst", 4000, "Burst of requests to the API server above kube-api-qps.")
-	fs.IntVar(&opts.Workers, "workers", opts.Workers, "Deliveries attempted at once.")
-	fs.IntVar(&opts.MaxInFlightPerEndpoint, "max-in-flight-per-endpoint", opts.MaxInFlightPerEndpoint, "Attempts in flight to one endpoint at most; a slow receiver holds no more workers than this. 0: no limit.")
+	fs.IntVar(&opts.Workers, "workers", opts.Workers, "Deliveries reconciled at once. An attempt waiting for its receiver holds no worker: --max-in-flight bounds those.")
+	fs.IntVar(&opts.MaxInFlight, "max-in-flight", opts.MaxInFlight, "Attempts in flight at most, to all endpoints together (each holds a goroutine and its request and response buffers until the receiver answers or times out). 0: no limit.")
+	fs.IntVar(&opts.MaxInFlightPerEndpoint, "max-in-flight-per-endpoint", opts.MaxInFlightPerEndpoint, "Attempts in flight to one endpoint at most, so that a slow or silent receiver cannot take the slots of the others. 0: no limit.")
 	fs.DurationVar(&opts.SecretTTL, "secret-ttl", opts.SecretTTL, "How long a Secret read is reused; a changed Secret is used within this time.")
 	fs.DurationVar(&opts.WaitRetryInterval, "wait-retry-interval", opts.WaitRetryInterval, "How often a delivery waiting for a missing endpoint or Secret looks again.")
 	fs.DurationVar(&opts.HealthUpdateInterval, "health-update-interval", opts.HealthUpdateInterval, "Least time between two writes of an endpoint's delivery health to its status.")
@@ -163,7 +164,7 @@ func runManager(args []string) error {
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return err
 	}
-	ctrl.Log.Info("starting the webhook operator", "workers", opts.Workers, "maxInFlightPerEndpoint", opts.MaxInFlightPerEndpoint)
+	ctrl.Log.Info("starting the webhook operator", "workers", opts.Workers, "maxInFlight", opts.MaxInFlight, "maxInFlightPerEndpoint", opts.MaxInFlightPerEndpoint)
 	return mgr.Start(ctx)
 }
 

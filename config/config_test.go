@@ -517,7 +517,7 @@ func TestAlertsAndDashboardUseExportedSeries(t *testing.T) {
 		}
 	}
 	for _, n := range metrics.Names() {
-		if !used[n] && n != metrics.DeliveriesRetriedName {
+		if !used[n] && n != metrics.BulkRetriedDeliveriesName {
 			t.Errorf("the dashboard shows no panel of %s", n)
 		}
 	}

@@ -34,7 +34,7 @@ func heavyDelivery(phase webhooksv1alpha1.DeliveryPhase) *webhooksv1alpha1.Webho
 		Phase: phase, Attempts: 2, LastRetryToken: "t0", LastError: "HTTP 503",
 		CompletionTime: &metav1.Time{Time: time.Unix(1640995300, 0)},
 		History:        []webhooksv1alpha1.Attempt{{Number: 1, Result: "HTTPError"}, {Number: 2, Result: "Success"}},
-		Conditions:     []metav1.Condition{{Type: webhooksv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonDelivered}},
+		Conditions:     []metav1.Condition{{Type: webhooksv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: webhooksv1alpha1.ReasonDelivered}},
 	}
 	return d
 }

@@ -147,12 +147,12 @@ func TestMetricsCountRealDeliveries(t *testing.T) {
 	ep.Spec.TimeoutSeconds = ptr.To[int32](10)
 	g.Expect(env.Client.Patch(context.Background(), ep, client.MergeFrom(base))).To(Succeed())
 	g.Eventually(func(g Gomega) {
-		g.Expect(sample(scrape(g, srv.URL), metrics.DeliveriesInFlightName, nil)).To(Equal(1.0))
+		g.Expect(sample(scrape(g, srv.URL), metrics.AttemptsInFlightName, nil)).To(Equal(1.0))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	close(release)
 	g.Eventually(func(g Gomega) {
 		now := scrape(g, srv.URL)
-		g.Expect(sample(now, metrics.DeliveriesInFlightName, nil)).To(Equal(0.0))
+		g.Expect(sample(now, metrics.AttemptsInFlightName, nil)).To(Equal(0.0))
 		g.Expect(sample(now, metrics.DeliveriesPendingName, inNS())).To(Equal(0.0))
 		g.Expect(sample(now, metrics.DeliveriesFinishedName, inNS("result", "succeeded")) -
 			sample(before, metrics.DeliveriesFinishedName, inNS("result", "succeeded"))).To(Equal(4.0))

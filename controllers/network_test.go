@@ -79,11 +79,11 @@ func TestGoneFailsAtOnce(t *testing.T) {
 		g.Expect(got.Status.LastStatusCode).To(Equal(int32(http.StatusGone)))
 		stalled := condition(got.Status.Conditions, webhooksv1alpha1.ConditionStalled)
 		g.Expect(stalled.Status).To(Equal(metav1.ConditionTrue))
-		g.Expect(stalled.Reason).To(Equal(ReasonEndpointGone))
+		g.Expect(stalled.Reason).To(Equal(webhooksv1alpha1.ReasonEndpointGone))
 		g.Expect(got.Status.NextAttemptTime).To(BeNil())
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	g.Eventually(func(g Gomega) {
-		g.Expect(eventReasons(g, ns, "gone")).To(ContainElement(ReasonEndpointGone))
+		g.Expect(eventReasons(g, ns, "gone")).To(ContainElement(webhooksv1alpha1.ReasonEndpointGone))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 
 	// Longer than the first two retries would have waited: still one request.
@@ -94,14 +94,14 @@ func TestGoneFailsAtOnce(t *testing.T) {
 	g.Eventually(func(g Gomega) {
 		ep := getEndpoint(g, ns, "gone")
 		g.Expect(ep.Status.DisabledSince).NotTo(BeNil())
-		g.Expect(ep.Status.DisabledReason).To(Equal(ReasonEndpointGone))
-		g.Expect(condition(ep.Status.Conditions, "Ready").Reason).To(Equal(ReasonEndpointGone))
+		g.Expect(ep.Status.DisabledReason).To(Equal(webhooksv1alpha1.DisabledReasonGone))
+		g.Expect(condition(ep.Status.Conditions, "Ready").Reason).To(Equal(webhooksv1alpha1.ReasonEndpointGone))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	next := webhooksv1alpha1.NewDelivery(ns, "gone", newEvent("evt-after-gone"))
 	create(t, next)
 	g.Eventually(func(g Gomega) string {
 		return condition(getDelivery(g, ns, next.Name).Status.Conditions, "Ready").Reason
-	}).WithTimeout(10 * time.Second).Should(Equal(ReasonEndpointDisabled))
+	}).WithTimeout(10 * time.Second).Should(Equal(webhooksv1alpha1.ReasonEndpointDisabled))
 	g.Consistently(rcv.Count).WithTimeout(time.Second).Should(Equal(1))
 
 	// Pointing the endpoint at a live receiver (a spec change) re-enables it.
@@ -202,12 +202,12 @@ func TestCABundleRef(t *testing.T) {
 
 		got = getDelivery(g, ns, waiting.Name)
 		g.Expect(got.Status.Attempts).To(BeZero())
-		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Reason).To(Equal(ReasonSecretNotFound))
+		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Reason).To(Equal(webhooksv1alpha1.ReasonSecretNotFound))
 		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Message).To(ContainSubstring("spec.caBundleRef"))
 
 		got = getDelivery(g, ns, wrongKey.Name)
 		g.Expect(got.Status.Attempts).To(BeZero())
-		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Reason).To(Equal(ReasonCABundleNotFound))
+		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Reason).To(Equal(webhooksv1alpha1.ReasonCABundleNotFound))
 		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Message).To(ContainSubstring(`no key "tls.crt"`))
 	}).WithTimeout(15 * time.Second).Should(Succeed())
 	g.Expect(rcv.arrivals()).To(HaveLen(1), "only the endpoint that trusts the CA got through")

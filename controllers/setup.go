@@ -21,10 +21,13 @@ import (
 
 // Options are the operator's tunables; main.go exposes each as a flag.
 type Options struct {
-	// Workers is how many deliveries are attempted at once.
+	// Workers is how many deliveries are reconciled at once. Attempts do not hold a worker
+	// while they wait for the receiver (attempts.go): MaxInFlight bounds those.
 	Workers int
-	// MaxInFlightPerEndpoint bounds the attempts in flight to one endpoint, so a slow receiver
-	// holds at most this many workers.
+	// MaxInFlight bounds the attempts in flight in all, so that memory stays bounded.
+	MaxInFlight int
+	// MaxInFlightPerEndpoint bounds the attempts in flight to one endpoint, so that a slow or
+	// silent receiver cannot take the slots of the others.
 	MaxInFlightPerEndpoint int
 	// SecretTTL is how long a Secret read is reused: a changed Secret is used within it.
 	SecretTTL time.Duration
@@ -51,7 +54,8 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		Workers:                64,
-		MaxInFlightPerEndpoint: 8,
+		MaxInFlight:            1024,
+		MaxInFlightPerEndpoint: 16,
 		SecretTTL:              5 * time.Second,
 		WaitRetryInterval:      10 * time.Second,
 		HealthUpdateInterval:   10 * time.Second,
@@ -72,9 +76,10 @@ func Setup(ctx context.Context, mgr ctrl.Manager, sender *dispatcher.Sender, opt
 	health := newEndpointHealth()
 	recorder := mgr.GetEventRecorder("webhook-operator")
 
+	attempts := newAttemptRunner()
 	deliveries := &WebhookDeliveryReconciler{
 		Client: mgr.GetClient(), Sender: sender, Recorder: recorder, Clock: clk, Jitter: rand.Float64, Options: opts,
-		secrets: secrets, health: health, limiter: newInflightLimiter(opts.MaxInFlightPerEndpoint),
+		secrets: secrets, health: health, attempts: attempts, limiter: newInflightLimiter(opts.MaxInFlight, attempts.wake),
 		expectations:    newAttemptExpectations(),
 		finishedRetries: make(chan event.TypedGenericEvent[*webhooksv1alpha1.WebhookDelivery]),
 	}

@@ -194,14 +194,14 @@ func TestStandardWebhooksInvalidSecret(t *testing.T) {
 		ep := getEndpoint(g, ns, "sw")
 		ready := condition(ep.Status.Conditions, "Ready")
 		g.Expect(ready.Status).To(Equal(metav1.ConditionFalse))
-		g.Expect(ready.Reason).To(Equal(ReasonInvalidSecret))
+		g.Expect(ready.Reason).To(Equal(webhooksv1alpha1.ReasonInvalidSecret))
 		g.Expect(ready.Message).To(ContainSubstring(`must start with "whsec_"`))
 		g.Expect(ready.Message).NotTo(ContainSubstring(raw))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	g.Eventually(func(g Gomega) {
 		got := getDelivery(g, ns, d.Name)
 		g.Expect(got.Status.Attempts).To(BeZero())
-		g.Expect(condition(got.Status.Conditions, "Ready").Reason).To(Equal(ReasonInvalidSecret))
+		g.Expect(condition(got.Status.Conditions, "Ready").Reason).To(Equal(webhooksv1alpha1.ReasonInvalidSecret))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	g.Expect(rcv.count()).To(BeZero())
 

@@ -71,7 +71,7 @@ func TestDeliverySucceedsAtFirstAttempt(t *testing.T) {
 		ep := getEndpoint(g, ns, "crm")
 		g.Expect(ep.Status.LastSuccessTime).NotTo(BeNil())
 		g.Expect(ep.Status.ConsecutiveFailures).To(BeZero())
-		g.Expect(condition(ep.Status.Conditions, "Ready").Reason).To(Equal(ReasonValid))
+		g.Expect(condition(ep.Status.Conditions, "Ready").Reason).To(Equal(webhooksv1alpha1.ReasonValid))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 }
 
@@ -138,10 +138,10 @@ func TestExhaustionThenManualRetry(t *testing.T) {
 		g.Expect(got.Status.Attempts).To(Equal(int32(2)))
 		g.Expect(got.Status.NextAttemptTime).To(BeNil())
 		g.Expect(condition(got.Status.Conditions, "Stalled").Status).To(Equal(metav1.ConditionTrue))
-		g.Expect(condition(got.Status.Conditions, "Ready").Reason).To(Equal(ReasonRetriesExhausted))
+		g.Expect(condition(got.Status.Conditions, "Ready").Reason).To(Equal(webhooksv1alpha1.ReasonRetriesExhausted))
 	}).WithTimeout(15 * time.Second).Should(Succeed())
 	g.Eventually(func(g Gomega) []string { return eventReasons(g, ns, d.Name) }).
-		WithTimeout(10 * time.Second).Should(ContainElements(ReasonAttemptFailed, ReasonRetriesExhausted))
+		WithTimeout(10 * time.Second).Should(ContainElements(webhooksv1alpha1.ReasonAttemptFailed, webhooksv1alpha1.ReasonRetriesExhausted))
 	g.Consistently(rcv.Count).WithTimeout(2 * time.Second).Should(Equal(2))
 
 	rcv.SetStatuses(http.StatusNoContent)
@@ -182,14 +182,14 @@ func TestMissingSecretHoldsDeliveries(t *testing.T) {
 		ep := getEndpoint(g, ns, "nosecret")
 		ready := condition(ep.Status.Conditions, "Ready")
 		g.Expect(ready.Status).To(Equal(metav1.ConditionFalse))
-		g.Expect(ready.Reason).To(Equal(ReasonSecretNotFound))
+		g.Expect(ready.Reason).To(Equal(webhooksv1alpha1.ReasonSecretNotFound))
 		g.Expect(ready.Message).To(ContainSubstring(`Secret "signing" not found`))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	g.Eventually(func(g Gomega) {
 		got := getDelivery(g, ns, d.Name)
 		g.Expect(got.Status.Phase).To(Equal(webhooksv1alpha1.PhasePending))
 		g.Expect(got.Status.Attempts).To(BeZero())
-		g.Expect(condition(got.Status.Conditions, "Ready").Reason).To(Equal(ReasonSecretNotFound))
+		g.Expect(condition(got.Status.Conditions, "Ready").Reason).To(Equal(webhooksv1alpha1.ReasonSecretNotFound))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	g.Expect(rcv.Count()).To(BeZero())
 
@@ -197,7 +197,7 @@ func TestMissingSecretHoldsDeliveries(t *testing.T) {
 	create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "signing"}, Data: map[string][]byte{"other": []byte("x")}})
 	g.Eventually(func(g Gomega) string {
 		return condition(getDelivery(g, ns, d.Name).Status.Conditions, "Ready").Reason
-	}).WithTimeout(10 * time.Second).Should(Equal(ReasonSecretKeyNotFound))
+	}).WithTimeout(10 * time.Second).Should(Equal(webhooksv1alpha1.ReasonSecretKeyNotFound))
 
 	s := &corev1.Secret{}
 	g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "signing"}, s)).To(Succeed())
@@ -223,7 +223,7 @@ func TestPausedEndpointHoldsDeliveries(t *testing.T) {
 	create(t, d)
 	g.Eventually(func(g Gomega) string {
 		return condition(getDelivery(g, ns, d.Name).Status.Conditions, "Ready").Reason
-	}).WithTimeout(10 * time.Second).Should(Equal(ReasonEndpointPaused))
+	}).WithTimeout(10 * time.Second).Should(Equal(webhooksv1alpha1.ReasonEndpointPaused))
 	g.Consistently(rcv.Count).WithTimeout(time.Second).Should(BeZero())
 
 	patch := client.MergeFrom(ep.DeepCopy())

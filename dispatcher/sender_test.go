@@ -27,8 +27,8 @@ import (
 	"github.com/docrouter/webhook-operator/internal/testenv"
 )
 
-func message(url string) dispatcher.Message {
-	return dispatcher.Message{
+func request(url string) dispatcher.Request {
+	return dispatcher.Request{
 		URL: url, Body: []byte(`{"event_id":"evt-1"}`), EventID: "evt-1", EventType: "document.uploaded",
 		Attempt: 1, Timeout: 5 * time.Second,
 	}
@@ -47,7 +47,7 @@ func TestSendNeverAnswers(t *testing.T) {
 	defer srv.Close()
 	defer close(release)
 
-	m := message(srv.URL)
+	m := request(srv.URL)
 	m.Timeout = 300 * time.Millisecond
 	start := time.Now()
 	res := dispatcher.NewSender(dispatcher.SenderOptions{}).Send(context.Background(), m)
@@ -92,7 +92,7 @@ func TestSendStopsReadingAtTheCap(t *testing.T) {
 			}))
 			defer srv.Close()
 
-			m := message(srv.URL)
+			m := request(srv.URL)
 			m.Timeout = 20 * time.Second
 			start := time.Now()
 			res := dispatcher.NewSender(dispatcher.SenderOptions{}).Send(context.Background(), m)
@@ -136,7 +136,7 @@ func TestSendLargeBodyMemoryStaysFlat(t *testing.T) {
 			runtime.GC()
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
-			res := sender.Send(context.Background(), message(srv.URL))
+			res := sender.Send(context.Background(), request(srv.URL))
 			runtime.ReadMemStats(&after)
 
 			allocated := after.TotalAlloc - before.TotalAlloc
@@ -185,7 +185,7 @@ func TestSendDoesNotFollowRedirects(t *testing.T) {
 	target := testenv.NewReceiver(t, nil)
 	for _, code := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
 		srv := httptest.NewServer(http.RedirectHandler(target.URL+"/elsewhere", code))
-		res := dispatcher.NewSender(dispatcher.SenderOptions{}).Send(context.Background(), message(srv.URL))
+		res := dispatcher.NewSender(dispatcher.SenderOptions{}).Send(context.Background(), request(srv.URL))
 		srv.Close()
 		if res.Class != dispatcher.ClassHTTPError || res.StatusCode != code || !strings.Contains(res.Error, "redirects are not followed") {
 			t.Errorf("HTTP %d: got %+v, want an HTTPError that says redirects are not followed", code, res)
@@ -219,7 +219,7 @@ func TestSendRetryAfter(t *testing.T) {
 			}
 			w.WriteHeader(tc.status)
 		}))
-		res := dispatcher.NewSender(dispatcher.SenderOptions{Now: func() time.Time { return now }}).Send(context.Background(), message(srv.URL))
+		res := dispatcher.NewSender(dispatcher.SenderOptions{Now: func() time.Time { return now }}).Send(context.Background(), request(srv.URL))
 		srv.Close()
 		if res.RetryAfter != tc.want || res.Class != dispatcher.ClassHTTPError {
 			t.Errorf("HTTP %d with Retry-After %q: RetryAfter = %s (%s), want %s", tc.status, tc.header, res.RetryAfter, res.Class, tc.want)
@@ -232,7 +232,7 @@ func TestSendRetryAfter(t *testing.T) {
 // replaced through it: the receiver sees the sender's values and a valid signature.
 func TestSendStaticHeadersCannotOverride(t *testing.T) {
 	rcv := testenv.NewReceiver(t, nil)
-	m := message(rcv.URL)
+	m := request(rcv.URL)
 	m.Headers = http.Header{
 		"Authorization":             {"Bearer token-1"},
 		"Host":                      {"internal.example"},
@@ -284,22 +284,22 @@ func TestSendTLS(t *testing.T) {
 	bundle := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
 	sender := dispatcher.NewSender(dispatcher.SenderOptions{})
 
-	res := sender.Send(context.Background(), message(srv.URL))
+	res := sender.Send(context.Background(), request(srv.URL))
 	t.Logf("unknown CA: %s", res.Error)
 	if res.Class != dispatcher.ClassNetwork || !strings.Contains(res.Error, "certificate") || !strings.Contains(res.Error, "spec.caBundleRef") {
 		t.Errorf("unknown CA: %+v, want a NetworkError about the certificate that points at spec.caBundleRef", res)
 	}
 
-	m := message(srv.URL)
+	m := request(srv.URL)
 	m.CABundle = bundle
 	if res := sender.Send(context.Background(), m); !res.Succeeded() {
 		t.Errorf("with the server's CA bundle: %+v", res)
 	}
-	if res := sender.Send(context.Background(), message(srv.URL)); res.Succeeded() {
+	if res := sender.Send(context.Background(), request(srv.URL)); res.Succeeded() {
 		t.Errorf("a CA bundle of one endpoint was trusted for another request: %+v", res)
 	}
 
-	m = message(srv.URL)
+	m = request(srv.URL)
 	m.CABundle = newCAPEM(t) // a CA that signed nothing here
 	if res := sender.Send(context.Background(), m); res.Class != dispatcher.ClassNetwork {
 		t.Errorf("with an unrelated CA bundle: %+v, want a NetworkError", res)
@@ -322,7 +322,7 @@ func TestSendTLS(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
-	m = message(old.URL)
+	m = request(old.URL)
 	m.CABundle = bundle
 	res = sender.Send(context.Background(), m)
 	t.Logf("TLS 1.1 only: %s", res.Error)
@@ -372,7 +372,7 @@ func TestSendAddressPolicy(t *testing.T) {
 	}
 
 	url := "http://receiver.example:" + port + "/hook?token=secret-token"
-	res := senderWith(&dispatcher.AddressPolicy{}).Send(context.Background(), message(url))
+	res := senderWith(&dispatcher.AddressPolicy{}).Send(context.Background(), request(url))
 	if res.Class != dispatcher.ClassBlocked {
 		t.Fatalf("default policy: %+v, want Blocked", res)
 	}
@@ -390,7 +390,7 @@ func TestSendAddressPolicy(t *testing.T) {
 	}
 
 	allowed := &dispatcher.AddressPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
-	if res := senderWith(allowed).Send(context.Background(), message(url)); !res.Succeeded() {
+	if res := senderWith(allowed).Send(context.Background(), request(url)); !res.Succeeded() {
 		t.Fatalf("loopback allowed by %s: %+v", dispatcher.FlagOutboundAllowCIDRs, res)
 	}
 	if rcv.Count() != 1 {
@@ -398,7 +398,7 @@ func TestSendAddressPolicy(t *testing.T) {
 	}
 
 	// Allowing loopback does not open the metadata service.
-	res = senderWith(allowed).Send(context.Background(), message("http://metadata.example/latest/meta-data/"))
+	res = senderWith(allowed).Send(context.Background(), request("http://metadata.example/latest/meta-data/"))
 	if res.Class != dispatcher.ClassBlocked || !strings.Contains(res.Error, "169.254.169.254") {
 		t.Fatalf("metadata: %+v, want Blocked", res)
 	}
@@ -407,7 +407,7 @@ func TestSendAddressPolicy(t *testing.T) {
 	redirector := httptest.NewServer(http.RedirectHandler("http://metadata.example/latest/meta-data/", http.StatusFound))
 	defer redirector.Close()
 	_, rport, _ := net.SplitHostPort(redirector.Listener.Addr().String())
-	res = senderWith(allowed).Send(context.Background(), message("http://receiver.example:"+rport+"/"))
+	res = senderWith(allowed).Send(context.Background(), request("http://receiver.example:"+rport+"/"))
 	if res.Class != dispatcher.ClassHTTPError || res.StatusCode != http.StatusFound {
 		t.Fatalf("redirect to metadata: %+v, want HTTPError 302", res)
 	}

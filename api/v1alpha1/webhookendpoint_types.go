@@ -200,7 +200,8 @@ type WebhookEndpointStatus struct {
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
 	// conditions: Ready is True when the endpoint's URL and Secrets are usable (reasons:
-	// Valid, Paused, SecretNotFound, SecretKeyNotFound, InvalidSecret, InvalidURL).
+	// Valid, Paused, SecretNotFound, SecretKeyNotFound, InvalidSecret, CABundleNotFound,
+	// InvalidURL, AutoDisabled, EndpointGone; see condition_types.go).
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -235,7 +236,7 @@ type WebhookEndpointStatus struct {
 	// the auto-disable period) or EndpointGone (the receiver answered 410 Gone). Re-enable with
 	// the webhooks.docrouter.ai/enable annotation, or by changing the spec (a new URL, say).
 	// +optional
-	DisabledReason string `json:"disabledReason,omitempty"`
+	DisabledReason DisabledReason `json:"disabledReason,omitempty"`
 
 	// lastEnableToken is the last value of the webhooks.docrouter.ai/enable annotation handled.
 	// +optional

@@ -162,13 +162,13 @@ func (h *Handler) publish(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	accepted, err := h.fanOut(ctx, ns, event)
 	if err != nil {
-		log.Error(err.cause, "fan-out incomplete", "namespace", ns, "eventId", event.ID, "eventType", event.Type,
+		log.Error(err.cause, "fan-out incomplete", "namespace", ns, "eventID", event.ID, "eventType", event.Type,
 			"statusCode", err.status, "answer", err.message)
 		writeError(w, err, event.ID)
 		return
 	}
 	metrics.RecordEventPublished(event.Type)
-	log.V(1).Info("event accepted", "namespace", ns, "user", user, "eventId", event.ID,
+	log.V(1).Info("event accepted", "namespace", ns, "user", user, "eventID", event.ID,
 		"eventType", event.Type, "deliveries", len(accepted.Deliveries))
 	writeJSON(w, http.StatusAccepted, accepted)
 }

@@ -19,17 +19,17 @@ import (
 
 // Names of the series, public: alerts and dashboards use them.
 const (
-	DeliveriesFinishedName = "docrouter_webhook_deliveries_finished_total"
-	AttemptsName           = "docrouter_webhook_attempts_total"
-	AttemptDurationName    = "docrouter_webhook_attempt_duration_seconds"
-	DeliveryLagName        = "docrouter_webhook_delivery_lag_seconds"
-	DeliveriesPendingName  = "docrouter_webhook_deliveries_pending"
-	DeliveriesInFlightName = "docrouter_webhook_deliveries_in_flight"
-	EventsPublishedName    = "docrouter_webhook_events_published_total"
-	DeliveriesRetriedName  = "docrouter_webhook_bulk_retried_deliveries_total"
-	ResultSucceeded        = "succeeded"
-	ResultFailed           = "failed"
-	otherLabelValue        = "other"
+	DeliveriesFinishedName    = "docrouter_webhook_deliveries_finished_total"
+	AttemptsName              = "docrouter_webhook_attempts_total"
+	AttemptDurationName       = "docrouter_webhook_attempt_duration_seconds"
+	DeliveryLagName           = "docrouter_webhook_delivery_lag_seconds"
+	DeliveriesPendingName     = "docrouter_webhook_deliveries_pending"
+	AttemptsInFlightName      = "docrouter_webhook_attempts_in_flight"
+	EventsPublishedName       = "docrouter_webhook_events_published_total"
+	BulkRetriedDeliveriesName = "docrouter_webhook_bulk_retried_deliveries_total"
+	ResultSucceeded           = "succeeded"
+	ResultFailed              = "failed"
+	otherLabelValue           = "other"
 )
 
 // Attempt outcome classes, the values of the class label.
@@ -77,9 +77,9 @@ var (
 		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
 	})
 
-	// DeliveriesInFlight is the number of HTTP attempts under way.
-	DeliveriesInFlight = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: DeliveriesInFlightName,
+	// AttemptsInFlight is the number of HTTP attempts under way on this replica.
+	AttemptsInFlight = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: AttemptsInFlightName,
 		Help: "Delivery attempts under way (HTTP request sent, answer not yet read).",
 	})
 
@@ -89,17 +89,17 @@ var (
 		Help: "Events accepted by the intake, by event type (each fans out to zero or more deliveries).",
 	}, []string{"type"})
 
-	// BulkRetried counts Failed deliveries given a new attempt by the retry-failed annotation of
-	// their endpoint.
-	BulkRetried = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: DeliveriesRetriedName,
+	// BulkRetriedDeliveries counts Failed deliveries given a new attempt by the retry-failed
+	// annotation of their endpoint.
+	BulkRetriedDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: BulkRetriedDeliveriesName,
 		Help: "Failed deliveries retried through an endpoint's retry-failed annotation, by namespace.",
 	}, []string{"namespace"})
 )
 
 func init() {
 	ctrlmetrics.Registry.MustRegister(DeliveriesFinished, Attempts, AttemptDuration, DeliveryLag,
-		DeliveriesInFlight, EventsPublished, BulkRetried, pending)
+		AttemptsInFlight, EventsPublished, BulkRetriedDeliveries, pending)
 }
 
 // RecordEventPublished counts one event accepted by the intake. An event type outside the
@@ -117,5 +117,5 @@ func RecordEventPublished(eventType string) {
 // that alerts and dashboards use only real series.
 func Names() []string {
 	return []string{DeliveriesFinishedName, AttemptsName, AttemptDurationName, DeliveryLagName,
-		DeliveriesPendingName, DeliveriesInFlightName, EventsPublishedName, DeliveriesRetriedName}
+		DeliveriesPendingName, AttemptsInFlightName, EventsPublishedName, BulkRetriedDeliveriesName}
 }

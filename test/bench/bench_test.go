@@ -220,9 +220,9 @@ func succeededStatus(d *webhooksv1alpha1.WebhookDelivery) {
 		ObservedGeneration: d.Generation, Phase: webhooksv1alpha1.PhaseSucceeded, Attempts: 1,
 		LastAttemptTime: &now, LastStatusCode: 200, LastDurationMilliseconds: 3, CompletionTime: &now,
 		History: []webhooksv1alpha1.Attempt{{Number: 1, Time: now, StatusCode: 200, DurationMilliseconds: 3,
-			Result: string(dispatcher.ClassSuccess), Trigger: webhooksv1alpha1.TriggerScheduled}},
+			Result: webhooksv1alpha1.AttemptSuccess, Trigger: webhooksv1alpha1.TriggerScheduled}},
 		Conditions: []metav1.Condition{{Type: webhooksv1alpha1.ConditionReady, Status: metav1.ConditionTrue,
-			Reason: controllers.ReasonDelivered, Message: "delivered at attempt 1 (HTTP 200)", LastTransitionTime: now,
+			Reason: webhooksv1alpha1.ReasonDelivered, Message: "delivered at attempt 1 (HTTP 200)", LastTransitionTime: now,
 			ObservedGeneration: d.Generation}},
 	}
 }

@@ -25,7 +25,7 @@ func TestDocRouterSchemeIsByteIdentical(t *testing.T) {
 	srv := newCapturingServer(t)
 	s := dispatcher.NewSender(dispatcher.SenderOptions{Now: func() time.Time { return time.Unix(1700000000, 0) }})
 	for _, scheme := range []dispatcher.Scheme{"", dispatcher.SchemeDocRouter} {
-		m := signedMessage(srv.URL, dispatcher.Signing{Scheme: scheme, Keys: [][]byte{[]byte("product-key")}})
+		m := signedRequest(srv.URL, dispatcher.Signing{Scheme: scheme, Keys: [][]byte{[]byte("product-key")}})
 		m.EventID, m.Body = "evt-1", body
 		if res := s.Send(context.Background(), m); !res.Succeeded() {
 			t.Fatal(res)
@@ -58,7 +58,7 @@ func TestUnsignedRequestCarriesNoSignature(t *testing.T) {
 	srv := newCapturingServer(t)
 	s := dispatcher.NewSender(dispatcher.SenderOptions{})
 	for _, scheme := range []dispatcher.Scheme{dispatcher.SchemeDocRouter, dispatcher.SchemeStandardWebhooks} {
-		s.Send(context.Background(), signedMessage(srv.URL, dispatcher.Signing{Scheme: scheme}))
+		s.Send(context.Background(), signedRequest(srv.URL, dispatcher.Signing{Scheme: scheme}))
 		req := srv.last(t)
 		for _, h := range []string{dispatcher.HeaderSignature, dispatcher.HeaderSignaturePrevious, dispatcher.HeaderWebhookSignature, dispatcher.HeaderWebhookID} {
 			if v := req.header.Get(h); v != "" {
@@ -86,7 +86,7 @@ func TestDocRouterRotation(t *testing.T) {
 		return err
 	}
 
-	s.Send(context.Background(), signedMessage(srv.URL, dispatcher.Signing{Scheme: dispatcher.SchemeDocRouter, Keys: [][]byte{newKey, oldKey}}))
+	s.Send(context.Background(), signedRequest(srv.URL, dispatcher.Signing{Scheme: dispatcher.SchemeDocRouter, Keys: [][]byte{newKey, oldKey}}))
 	during := srv.last(t)
 	ts := during.header.Get(dispatcher.HeaderTimestamp)
 	if err := dispatcher.Verify(newKey, ts, during.header.Get(dispatcher.HeaderSignature), during.body, time.Now(), dispatcher.DefaultTolerance); err != nil {
@@ -104,7 +104,7 @@ func TestDocRouterRotation(t *testing.T) {
 		t.Errorf("during rotation, a receiver with an unrelated key: %v", err)
 	}
 
-	s.Send(context.Background(), signedMessage(srv.URL, dispatcher.Signing{Scheme: dispatcher.SchemeDocRouter, Keys: [][]byte{newKey}}))
+	s.Send(context.Background(), signedRequest(srv.URL, dispatcher.Signing{Scheme: dispatcher.SchemeDocRouter, Keys: [][]byte{newKey}}))
 	after := srv.last(t)
 	if v := after.header.Get(dispatcher.HeaderSignaturePrevious); v != "" {
 		t.Errorf("after the cutoff %s is still sent", dispatcher.HeaderSignaturePrevious)

@@ -86,8 +86,8 @@ func officialReceiver(t *testing.T, secret string) *httptest.Server {
 	return srv
 }
 
-func signedMessage(url string, signing dispatcher.Signing) dispatcher.Message {
-	return dispatcher.Message{
+func signedRequest(url string, signing dispatcher.Signing) dispatcher.Request {
+	return dispatcher.Request{
 		URL:       url,
 		Body:      []byte(`{"event_id":"evt-7f3a","event_type":"llm.completed","timestamp":1640995200}`),
 		EventID:   "evt-7f3a",
@@ -106,10 +106,10 @@ func TestStandardWebhooksRequestsVerifyWithTheOfficialLibrary(t *testing.T) {
 	s := dispatcher.NewSender(dispatcher.SenderOptions{})
 	signing := dispatcher.Signing{Scheme: dispatcher.SchemeStandardWebhooks, Keys: [][]byte{key}}
 
-	if res := s.Send(context.Background(), signedMessage(good.URL, signing)); !res.Succeeded() {
+	if res := s.Send(context.Background(), signedRequest(good.URL, signing)); !res.Succeeded() {
 		t.Fatalf("a receiver with the endpoint's secret rejected the request: %+v", res)
 	}
-	if res := s.Send(context.Background(), signedMessage(wrong.URL, signing)); res.StatusCode != http.StatusUnauthorized {
+	if res := s.Send(context.Background(), signedRequest(wrong.URL, signing)); res.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("a receiver with another secret answered %d, want 401: %+v", res.StatusCode, res)
 	}
 }
@@ -122,7 +122,7 @@ func TestStandardWebhooksHeaders(t *testing.T) {
 
 	var ids []string
 	for attempt := int32(1); attempt <= 3; attempt++ {
-		m := signedMessage(srv.URL, signing)
+		m := signedRequest(srv.URL, signing)
 		m.Attempt = attempt
 		// A user's header cannot forge or replace the operator's signature headers.
 		m.Headers = http.Header{"Webhook-Signature": {"v1,forged"}, "webhook-id": {"forged"}}
@@ -166,11 +166,11 @@ func TestReplaySixMinutesLaterFailsVerification(t *testing.T) {
 
 	t.Run("StandardWebhooks", func(t *testing.T) {
 		signing := dispatcher.Signing{Scheme: dispatcher.SchemeStandardWebhooks, Keys: [][]byte{key}}
-		fresh.Send(context.Background(), signedMessage(srv.URL, signing))
+		fresh.Send(context.Background(), signedRequest(srv.URL, signing))
 		if req := srv.last(t); wh.Verify(req.body, req.header) != nil {
 			t.Fatal("a fresh request does not verify")
 		}
-		sixMinutesAgo.Send(context.Background(), signedMessage(srv.URL, signing))
+		sixMinutesAgo.Send(context.Background(), signedRequest(srv.URL, signing))
 		replayed := srv.last(t)
 		if err := wh.VerifyIgnoringTimestamp(replayed.body, replayed.header); err != nil {
 			t.Fatalf("the captured request's signature itself should be genuine: %v", err)
@@ -181,7 +181,7 @@ func TestReplaySixMinutesLaterFailsVerification(t *testing.T) {
 	})
 	t.Run("DocRouter", func(t *testing.T) {
 		signing := dispatcher.Signing{Keys: [][]byte{productKey}}
-		sixMinutesAgo.Send(context.Background(), signedMessage(srv.URL, signing))
+		sixMinutesAgo.Send(context.Background(), signedRequest(srv.URL, signing))
 		replayed := srv.last(t)
 		ts, sig := replayed.header.Get(dispatcher.HeaderTimestamp), replayed.header.Get(dispatcher.HeaderSignature)
 		if err := dispatcher.Verify(productKey, ts, sig, replayed.body, time.Now().Add(-6*time.Minute), dispatcher.DefaultTolerance); err != nil {
@@ -208,7 +208,7 @@ func TestStandardWebhooksRotation(t *testing.T) {
 	}
 
 	// During the rotation both keys sign: receivers that know either accept the request.
-	s.Send(context.Background(), signedMessage(srv.URL, dispatcher.Signing{Scheme: dispatcher.SchemeStandardWebhooks, Keys: [][]byte{newKey, oldKey}}))
+	s.Send(context.Background(), signedRequest(srv.URL, dispatcher.Signing{Scheme: dispatcher.SchemeStandardWebhooks, Keys: [][]byte{newKey, oldKey}}))
 	during := srv.last(t)
 	if sigs := strings.Fields(during.header.Get(dispatcher.HeaderWebhookSignature)); len(sigs) != 2 {
 		t.Fatalf("webhook-signature during rotation = %q, want two space-separated v1 signatures", sigs)
@@ -224,7 +224,7 @@ func TestStandardWebhooksRotation(t *testing.T) {
 	}
 
 	// After the cutoff only the new key signs.
-	s.Send(context.Background(), signedMessage(srv.URL, dispatcher.Signing{Scheme: dispatcher.SchemeStandardWebhooks, Keys: [][]byte{newKey}}))
+	s.Send(context.Background(), signedRequest(srv.URL, dispatcher.Signing{Scheme: dispatcher.SchemeStandardWebhooks, Keys: [][]byte{newKey}}))
 	after := srv.last(t)
 	if err := verify(newSecret, after); err != nil {
 		t.Errorf("after the cutoff, a receiver with the new secret rejects: %v", err)
