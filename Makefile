@@ -9,7 +9,7 @@ CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 # Build tags of test suites that `go test ./...` does not run; `make verify` compiles them.
-BUILD_TAGS ?= bench
+BUILD_TAGS ?= bench cluster
 
 # The test control plane (kube-apiserver and etcd), built from Go modules by hack/controlplane.sh
 # and cached outside the checkout.
@@ -52,15 +52,17 @@ vet: ## go vet.
 	go vet ./...
 
 .PHONY: tidy
-tidy: ## go mod tidy, for the module and for the control plane's build module.
+tidy: ## go mod tidy, for the module and for the build modules of the control plane and the image.
 	go mod tidy
 	cd hack/controlplane && go mod tidy
+	cd hack/image && go mod tidy
 
 .PHONY: verify
 verify: manifests generate fmt tidy ## Regenerate, format and tidy, then fail on any difference or untracked file in the whole tree; compile every build tag.
 	@git diff --exit-code || { echo "the tree differs from what is committed after 'make manifests generate fmt tidy': commit the result"; exit 1; }
 	@test -z "$$(git status --porcelain)" || { git status --porcelain; echo "untracked files: commit them or add them to .gitignore"; exit 1; }
 	go vet -tags '$(BUILD_TAGS)' ./...
+	cd hack/image && go vet ./...
 
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## Run the pinned golangci-lint (.golangci.yml: vet, staticcheck, errcheck, unparam, revive, importas, thelper and the layering rules).

@@ -684,7 +684,7 @@ func (k *checks) metrics(ctx context.Context) error {
 	// deliveries' (on the leader, which delivered the event published after the handover)
 	// were all seen.
 	want := map[string]bool{
-		`docrouter_webhook_deliveries_in_flight `:                                           false,
+		`docrouter_webhook_attempts_in_flight `:                                             false,
 		`docrouter_webhook_attempts_total{class="2xx",namespace="demo"} `:                   false,
 		`docrouter_webhook_deliveries_finished_total{namespace="demo",result="succeeded"} `: false,
 		`docrouter_webhook_events_published_total{type="document.uploaded"} `:               false,
