@@ -140,10 +140,10 @@ func runManager(args []string) error {
 		// that a deleted or rolled pod hands over within a retry period instead of the whole
 		// Lease duration. Safe because the process exits as soon as the manager returns.
 		LeaderElectionReleaseOnCancel: true,
-		LeaseDuration:           &leaseDuration,
-		RenewDeadline:           &renewDeadline,
-		RetryPeriod:             &retryPeriod,
-		Cache:                   controllers.CacheOptions(cache.Options{}), // finished deliveries stripped in the cache
+		LeaseDuration:                 &leaseDuration,
+		RenewDeadline:                 &renewDeadline,
+		RetryPeriod:                   &retryPeriod,
+		Cache:                         controllers.CacheOptions(cache.Options{}), // finished deliveries stripped in the cache
 	})
 	if err != nil {
 		return err
