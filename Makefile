@@ -67,6 +67,7 @@ verify: manifests generate fmt tidy ## Regenerate, format and tidy, then fail on
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## Run the pinned golangci-lint (.golangci.yml: vet, staticcheck, errcheck, unparam, revive, importas, thelper and the layering rules).
 	$(GOLANGCI_LINT) run ./...
+	cd hack/image && $(GOLANGCI_LINT) run ./...
 
 .PHONY: controlplane
 controlplane: ## Build (or find in the cache) kube-apiserver and etcd; print their directory.

@@ -94,7 +94,7 @@ func imageRef(tarball string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	tr := tar.NewReader(f)
 	for {
 		h, err := tr.Next()
@@ -374,7 +374,7 @@ func (k *checks) serviceURL(ctx context.Context, ns, name, path string) (string,
 		return "", err
 	}
 	if len(svc.Spec.Ports) == 0 {
-		return "", fmt.Errorf("Service %s/%s has no port", ns, name)
+		return "", fmt.Errorf("the Service %s/%s has no port", ns, name)
 	}
 	return fmt.Sprintf("http://%s:%d%s", svc.Spec.ClusterIP, svc.Spec.Ports[0].Port, path), nil
 }

@@ -84,7 +84,7 @@ func TestCluster(t *testing.T) {
 	}
 	var cs kubernetes.Interface
 	t.Cleanup(func() {
-		defer n.lock.Close()
+		defer func() { _ = n.lock.Close() }()
 		t1 := time.Now()
 		tctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
@@ -112,7 +112,7 @@ func TestCluster(t *testing.T) {
 		} else {
 			t.Logf("the components' logs are in %s", logs)
 		}
-		for _, err := range n.restoreHost(tctx) {
+		for _, err := range n.restoreHost() {
 			t.Errorf("teardown: %v", err)
 		}
 		after := snapshotHost()

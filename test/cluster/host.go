@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -190,7 +191,7 @@ func readListeners() []string {
 			}
 			out = append(out, strings.TrimSuffix(proto, "6")+" "+hexAddr(fl[1]))
 		}
-		f.Close()
+		_ = f.Close()
 	}
 	sort.Strings(out)
 	return slices.Compact(out)
@@ -199,11 +200,11 @@ func readListeners() []string {
 // hexAddr turns /proc/net's "0100007F:1F90" into "127.0.0.1:8080".
 func hexAddr(s string) string {
 	h, p, _ := strings.Cut(s, ":")
-	var port int
-	fmt.Sscanf(p, "%X", &port)
+	port, _ := strconv.ParseUint(p, 16, 16)
 	b := make([]byte, len(h)/2)
 	for i := range b {
-		fmt.Sscanf(h[2*i:2*i+2], "%02X", &b[i])
+		v, _ := strconv.ParseUint(h[2*i:2*i+2], 16, 8)
+		b[i] = byte(v)
 	}
 	// The kernel prints each 32-bit word in host (little-endian) order.
 	for i := 0; i+4 <= len(b); i += 4 {
@@ -270,15 +271,6 @@ func (h hostState) save(path string) error {
 		return err
 	}
 	return os.WriteFile(path, b, 0o600)
-}
-
-func loadHostState(path string) (hostState, error) {
-	var h hostState
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return h, err
-	}
-	return h, json.Unmarshal(b, &h)
 }
 
 // added and removed list the elements of after not in before, and the other way round.
@@ -376,10 +368,10 @@ func sysctlName(p string) string {
 }
 
 func describePath(v string) string {
-	switch {
-	case v == "":
+	switch v {
+	case "":
 		return "absent"
-	case v == "(dir)":
+	case "(dir)":
 		return "an empty directory"
 	default:
 		return "[" + v + "]"

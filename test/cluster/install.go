@@ -27,7 +27,7 @@ func render(overlay, image string) ([]*unstructured.Unstructured, string, error)
 	if err != nil {
 		return nil, "", err
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }()
 	// kustomize takes bases by relative path only.
 	rel, err := filepath.Rel(dir, overlay)
 	if err != nil {
@@ -85,7 +85,7 @@ func apply(ctx context.Context, c client.Client, objs []*unstructured.Unstructur
 		}
 	}
 	do := func(o *unstructured.Unstructured) error {
-		if err := c.Patch(ctx, o, client.Apply, client.FieldOwner("test-cluster"), client.ForceOwnership); err != nil {
+		if err := c.Apply(ctx, client.ApplyConfigurationFromUnstructured(o), client.FieldOwner("test-cluster"), client.ForceOwnership); err != nil {
 			return fmt.Errorf("applying %s %s: %w", o.GetKind(), o.GetName(), err)
 		}
 		return nil

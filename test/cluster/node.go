@@ -77,7 +77,7 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
@@ -168,11 +168,11 @@ func newNode(dir, assets string, logf func(string, ...any)) (*node, error) {
 			}
 		}
 		n.state.Before = old.Before
-		for _, e := range n.restoreHost(context.Background()) {
+		for _, e := range n.restoreHost() {
 			logf("cleaning up the previous run: %v", e)
 		}
 		if left := leftovers(old.Before, snapshotHost(), n.ownership()); len(left) > 0 {
-			n.lock.Close()
+			_ = n.lock.Close()
 			return nil, fmt.Errorf("cleaning up after the previous run left the machine unlike it was before that run: %s", strings.Join(left, "; "))
 		}
 	} else if _, err := os.Stat(dir); err == nil {
@@ -181,7 +181,7 @@ func newNode(dir, assets string, logf func(string, ...any)) (*node, error) {
 		}
 	}
 	if err := preflight(assets); err != nil {
-		n.lock.Close()
+		_ = n.lock.Close()
 		return nil, err
 	}
 	n.state = state{Before: snapshotHost()}
@@ -221,13 +221,13 @@ func (n *node) start(name, bin string, args ...string) (*proc, error) {
 	cmd.Dir = n.dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		f.Close()
+		_ = f.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
 	p := &proc{Name: name, Pid: cmd.Process.Pid, Args: append([]string{bin}, args...), cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
-		f.Close()
+		_ = f.Close()
 		close(p.done)
 	}()
 	n.procs[name] = p
@@ -382,7 +382,7 @@ func httpsReady(client *http.Client, url string) func(context.Context) (bool, er
 // restoreHost stops what the cluster left running and puts the machine back as n.state.Before
 // says it was: processes, mounts, network interfaces, iptables chains and rules, sysctls,
 // directories and cgroups. Every step runs even when an earlier one fails.
-func (n *node) restoreHost(ctx context.Context) []error {
+func (n *node) restoreHost() []error {
 	var errs []error
 	note := func(err error) {
 		if err != nil {
