@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -67,6 +68,7 @@ func (k *checks) run(ctx context.Context) {
 		{"published event delivered", k.delivery},
 		{"leader handover", k.handover},
 		{"metrics through the metrics Service", k.metrics},
+		{"pods reach nothing beyond the bridge", k.isolation},
 	}
 	for _, s := range steps {
 		t0 := time.Now()
@@ -321,7 +323,17 @@ func (k *checks) readOnlyRoot(ctx context.Context) error {
 				return fmt.Errorf("pod %s: the operator's process has %s %q, want %s", p.Name, field, st[field], want)
 			}
 		}
-		k.logf("pod %s: / mounted %s (a write fails: %v); uid 65532, CapEff 0, NoNewPrivs 1, Seccomp 2 (filter)", p.Name, rootOpts, syscall.EROFS)
+		// The CA bundle that HTTPS deliveries verify receivers with, as the container sees it.
+		bundle, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/etc/ssl/certs/ca-certificates.crt", pid))
+		if err != nil {
+			return fmt.Errorf("pod %s: the container has no CA bundle: %w", p.Name, err)
+		}
+		cas := x509.NewCertPool()
+		if !cas.AppendCertsFromPEM(bundle) || strings.Count(string(bundle), "BEGIN CERTIFICATE") < 50 {
+			return fmt.Errorf("pod %s: /etc/ssl/certs/ca-certificates.crt holds no public CAs", p.Name)
+		}
+		k.logf("pod %s: / mounted %s (a write fails: %v); uid 65532, CapEff 0, NoNewPrivs 1, Seccomp 2 (filter); %d CAs in /etc/ssl/certs/ca-certificates.crt",
+			p.Name, rootOpts, syscall.EROFS, strings.Count(string(bundle), "BEGIN CERTIFICATE"))
 	}
 	return nil
 }
@@ -718,5 +730,53 @@ func (k *checks) metrics(ctx context.Context) error {
 		return err
 	}
 	k.logf("scraping with demo/scraper's token: 200, with\n%s", strings.Join(seen, "\n"))
+	return nil
+}
+
+// A pod has no route beyond the cluster's networks: publishing to the machine's uplink gateway
+// fails at once with "network is unreachable" (no packet is sent), as any other address
+// outside the bridge and the service range would.
+func (k *checks) isolation(ctx context.Context) error {
+	gw := ""
+	for _, r := range readRoutes() {
+		if f := strings.Fields(r); len(f) >= 4 && f[0] == "-4" && f[1] == "default" && f[2] == "via" {
+			gw = f[3]
+		}
+	}
+	if gw == "" {
+		k.logf("this machine has no IPv4 default route: nothing to check")
+		return nil
+	}
+	name := "reach-the-uplink"
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: demoNS},
+		Spec: func() corev1.PodSpec {
+			s := k.podSpec("default", []string{"publish", "--intake", "http://" + gw + ":80", "-n", demoNS, "--type", "webhook.test", "--timeout", "10s"}, nil, nil)
+			s.RestartPolicy = corev1.RestartPolicyNever
+			return s
+		}(),
+	}
+	if _, err := k.cs.CoreV1().Pods(demoNS).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	var phase corev1.PodPhase
+	if err := waitFor(ctx, "pod "+name+" finished", time.Minute, func(ctx context.Context) (bool, error) {
+		p, err := k.cs.CoreV1().Pods(demoNS).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		phase = p.Status.Phase
+		return phase == corev1.PodSucceeded || phase == corev1.PodFailed, nil
+	}); err != nil {
+		return err
+	}
+	out, err := k.cs.CoreV1().Pods(demoNS).GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)
+	if err != nil {
+		return err
+	}
+	if phase != corev1.PodFailed || !strings.Contains(string(out), "network is unreachable") {
+		return fmt.Errorf("a pod connecting to the uplink gateway %s did not fail with \"network is unreachable\" (%s): %s", gw, phase, out)
+	}
+	k.logf("a pod connecting to the machine's uplink gateway %s: %s", gw, strings.TrimSpace(string(out)))
 	return nil
 }
