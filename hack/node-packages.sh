@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what the single-node cluster of `make test-cluster` runs on
 # besides the Kubernetes binaries: containerd and runc, the CNI plugins (/usr/lib/cni), iptables
-# (kube-proxy's rules) and conntrack. Packages already installed are left as they are; nothing
-# is started (the test starts its own containerd with its own configuration).
+# (kube-proxy's rules), conntrack, and nft (the teardown removes the empty tables that
+# iptables-nft leaves). Packages already installed are left as they are; nothing is started
+# (the test starts its own containerd with its own configuration).
 set -euo pipefail
 
-packages=(containerd runc containernetworking-plugins iptables conntrack)
+packages=(containerd runc containernetworking-plugins iptables conntrack nftables)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -121,8 +121,8 @@ func TestCluster(t *testing.T) {
 			t.Errorf("the cluster left this on the machine: %s", l)
 		}
 		if len(left) == 0 {
-			t.Logf("the machine is as it was: %d sysctls, iptables and ip6tables rules, %d mounts, %d network interfaces, %d routes, %d listening sockets, %d directories and %d cgroups compared before and after",
-				len(after.Sysctls), len(after.Mounts), len(after.Links), len(after.Routes), len(after.Listeners), len(after.Paths), len(after.Cgroups))
+			t.Logf("the machine is as it was: %d sysctls, the iptables and ip6tables rules, %d nftables tables, %d mounts, %d network interfaces, %d routes, %d listening sockets, %d directories and %d cgroups compared before and after",
+				len(after.Sysctls), len(after.NftTables), len(after.Mounts), len(after.Links), len(after.Routes), len(after.Listeners), len(after.Paths), len(after.Cgroups))
 		}
 		t.Logf("teardown: %.1fs; the whole run: %.1fs", time.Since(t1).Seconds(), time.Since(t0).Seconds())
 	})

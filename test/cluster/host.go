@@ -27,6 +27,9 @@ type hostState struct {
 	Sysctls map[string]string
 	// Iptables: "iptables" and "ip6tables" to their iptables-save output, normalised.
 	Iptables map[string][]string
+	// NftTables: the nftables tables ("ip filter", "ip6 nat"...), empty ones included:
+	// iptables-nft creates a table the first time a program lists or changes it.
+	NftTables []string
 	// Mounts: "mountpoint fstype source" of every mount.
 	Mounts []string
 	// Links: network interface names.
@@ -118,6 +121,22 @@ func readIptables(tool string) []string {
 	}
 	flush()
 	return lines
+}
+
+// readNftTables lists the nftables tables as "family name".
+func readNftTables() []string {
+	out, err := exec.Command("nft", "list", "tables").Output()
+	if err != nil {
+		return []string{"(nft list tables: " + err.Error() + ")"}
+	}
+	var tables []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if t, ok := strings.CutPrefix(strings.TrimSpace(l), "table "); ok {
+			tables = append(tables, t)
+		}
+	}
+	sort.Strings(tables)
+	return tables
 }
 
 func builtinChain(name string) bool {
@@ -256,6 +275,7 @@ func snapshotHost() hostState {
 	return hostState{
 		Sysctls:   readSysctls(),
 		Iptables:  map[string][]string{"iptables": readIptables("iptables"), "ip6tables": readIptables("ip6tables")},
+		NftTables: readNftTables(),
 		Mounts:    readMounts(),
 		Links:     readLinks(),
 		Routes:    readRoutes(),
@@ -309,6 +329,9 @@ func leftovers(before, after hostState, ours ownership) []string {
 			out = append(out, fmt.Sprintf("%s lost %q", tool, l))
 		}
 	}
+	for _, t := range added(before.NftTables, after.NftTables) {
+		out = append(out, "nftables table left: "+t)
+	}
 	for _, m := range added(before.Mounts, after.Mounts) {
 		if ours.path(strings.Fields(m)[0]) {
 			out = append(out, "mount left: "+m)
@@ -345,7 +368,7 @@ func leftovers(before, after hostState, ours ownership) []string {
 // summarize counts differences by kind: "12 sysctl, 40 iptables, ...".
 func summarize(diffs []string) string {
 	kinds := []struct{ name, prefix string }{
-		{"sysctl", "sysctl "}, {"iptables", "iptables "}, {"ip6tables", "ip6tables "}, {"mount", "mount "},
+		{"sysctl", "sysctl "}, {"iptables", "iptables "}, {"ip6tables", "ip6tables "}, {"nftables table", "nftables table "}, {"mount", "mount "},
 		{"network interface", "network interface "}, {"route", "route "}, {"socket", "socket "}, {"directory", "/"}, {"cgroup", "cgroup "},
 	}
 	var out []string

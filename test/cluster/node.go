@@ -102,7 +102,7 @@ func preflight(assets string) error {
 			return fmt.Errorf("%s is not in CLUSTER_ASSETS (%s): build it with hack/controlplane.sh --cluster", b, assets)
 		}
 	}
-	for _, b := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", "iptables", "iptables-save", "ip6tables-save", "conntrack", "ip"} {
+	for _, b := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", "iptables", "iptables-save", "ip6tables-save", "conntrack", "ip", "nft"} {
 		if _, err := exec.LookPath(b); err != nil {
 			return fmt.Errorf("%s is not installed: run hack/node-packages.sh (apt-get install containerd runc containernetworking-plugins iptables conntrack)", b)
 		}
@@ -439,6 +439,15 @@ func (n *node) restoreHost() []error {
 	for _, tool := range []string{"iptables", "ip6tables"} {
 		note(restoreIptables(tool, before.Iptables[tool]))
 	}
+	// The tables iptables-nft created, now empty (iptables cannot remove a table).
+	for _, t := range added(before.NftTables, readNftTables()) {
+		if strings.HasPrefix(t, "(") {
+			continue
+		}
+		if out, err := run("nft", "list", "table", t); err == nil && !strings.Contains(out, "counter") && !nftHasRules(out) {
+			note(func() error { _, err := run("nft", "delete", "table", t); return err }())
+		}
+	}
 	_, _ = run("conntrack", "-D", "-s", podCIDR)
 	_, _ = run("conntrack", "-D", "-d", serviceCIDR)
 	_, _ = run("conntrack", "-D", "-d", podCIDR)
@@ -480,6 +489,21 @@ func (n *node) restoreHost() []error {
 	}
 	note(os.RemoveAll(n.dir))
 	return errs
+}
+
+// nftHasRules reports whether `nft list table` output holds a rule, not only chains with
+// their hook and policy lines.
+func nftHasRules(listing string) bool {
+	for _, l := range strings.Split(listing, "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case l == "", l == "}", strings.HasPrefix(l, "table "), strings.HasPrefix(l, "chain "),
+			strings.HasPrefix(l, "type ") && strings.Contains(l, "hook"):
+		default:
+			return true
+		}
+	}
+	return false
 }
 
 // clusterProcesses lists the processes that are the cluster's: in the kubelet's cgroups
