@@ -75,6 +75,11 @@ func BuildOperator(source, tmp, caBundle, arch string, created time.Time) (v1.Im
 	if err := goBuild(source, ".", bin, arch, operator); err != nil {
 		return nil, err
 	}
+	return operatorImage(bin, ca, arch, created)
+}
+
+// operatorImage assembles the operator's image around a built binary.
+func operatorImage(bin string, ca []byte, arch string, created time.Time) (v1.Image, error) {
 	base, err := layer(created, baseFiles(ca))
 	if err != nil {
 		return nil, err
