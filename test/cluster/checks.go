@@ -27,6 +27,8 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -54,6 +56,8 @@ type checks struct {
 	overlay string
 
 	receiverURL, intakeURL string
+	// replicas is what the installed Deployment asks for (2 in config/default).
+	replicas int32
 }
 
 func (k *checks) run(ctx context.Context) {
@@ -123,9 +127,90 @@ func (k *checks) install(ctx context.Context) error {
 		return err
 	}
 	k.logf("installing %s (%d objects) with this kustomization on top:\n%s", k.overlay, len(objs), kust)
+	for _, o := range objs {
+		if o.GetKind() == "Deployment" && o.GetName() == deployName {
+			r, found, err := unstructured.NestedInt64(o.Object, "spec", "replicas")
+			if err != nil {
+				return err
+			}
+			k.replicas = 1
+			if found {
+				k.replicas = int32(r)
+			}
+		}
+	}
+	if k.replicas == 0 {
+		return fmt.Errorf("the install has no Deployment %s/%s", installNS, deployName)
+	}
 	if err := apply(ctx, k.c, objs); err != nil {
 		return err
 	}
+	// The cluster has no storage provisioner: each claim of the install gets a volume of its
+	// own, a directory under the cluster's, writable by the operator's user.
+	for _, o := range objs {
+		if o.GetKind() == "PersistentVolumeClaim" {
+			if err := k.volumeFor(ctx, o); err != nil {
+				return err
+			}
+		}
+	}
+	// Every APIService of the install becomes Available through its Service.
+	for _, o := range objs {
+		if o.GetKind() != "APIService" {
+			continue
+		}
+		name := o.GetName()
+		if err := waitFor(ctx, "APIService "+name+" Available", 3*time.Minute, func(ctx context.Context) (bool, error) {
+			svc := &unstructured.Unstructured{}
+			svc.SetAPIVersion("apiregistration.k8s.io/v1")
+			svc.SetKind("APIService")
+			if err := k.c.Get(ctx, types.NamespacedName{Name: name}, svc); err != nil {
+				return false, err
+			}
+			conds, _, _ := unstructured.NestedSlice(svc.Object, "status", "conditions")
+			for _, c := range conds {
+				if m, ok := c.(map[string]any); ok && m["type"] == "Available" {
+					return m["status"] == "True", fmt.Errorf("%v: %v", m["reason"], m["message"])
+				}
+			}
+			return false, nil
+		}); err != nil {
+			return err
+		}
+		k.logf("APIService %s is Available", name)
+	}
+	return nil
+}
+
+// volumeFor creates a hostPath PersistentVolume bound to the claim, in CLUSTER_DIR/volumes.
+func (k *checks) volumeFor(ctx context.Context, claim *unstructured.Unstructured) error {
+	var pvc corev1.PersistentVolumeClaim
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(claim.Object, &pvc); err != nil {
+		return err
+	}
+	dir := k.n.path("volumes", pvc.Namespace+"-"+pvc.Name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := os.Chown(dir, 65532, 65532); err != nil {
+		return err
+	}
+	size := pvc.Spec.Resources.Requests[corev1.ResourceStorage]
+	pv := &corev1.PersistentVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: "test-cluster-" + pvc.Namespace + "-" + pvc.Name},
+		Spec: corev1.PersistentVolumeSpec{
+			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: size},
+			AccessModes:                   pvc.Spec.AccessModes,
+			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
+			StorageClassName:              ptr.Deref(pvc.Spec.StorageClassName, ""),
+			ClaimRef:                      &corev1.ObjectReference{Namespace: pvc.Namespace, Name: pvc.Name},
+			PersistentVolumeSource:        corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: dir, Type: ptr.To(corev1.HostPathDirectory)}},
+		},
+	}
+	if err := k.c.Create(ctx, pv); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	k.logf("PersistentVolumeClaim %s/%s: bound to a hostPath volume in %s", pvc.Namespace, pvc.Name, dir)
 	return nil
 }
 
@@ -158,7 +243,7 @@ func (k *checks) podSecurity(ctx context.Context) error {
 		return fmt.Errorf("a pod without the restricted security context was not refused by PodSecurity admission: %v", err)
 	}
 	k.logf("a pod without a security context is refused: %v", err)
-	return k.waitDeployment(ctx, installNS, deployName, 2, 3*time.Minute)
+	return k.waitDeployment(ctx, installNS, deployName, k.replicas, 3*time.Minute)
 }
 
 func (k *checks) waitDeployment(ctx context.Context, ns, name string, replicas int32, timeout time.Duration) error {
@@ -236,8 +321,8 @@ func (k *checks) replicasReady(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if len(pods) != 2 {
-		return fmt.Errorf("want 2 operator pods, got %d", len(pods))
+	if int32(len(pods)) != k.replicas {
+		return fmt.Errorf("want %d operator pods, got %d", k.replicas, len(pods))
 	}
 	for _, p := range pods {
 		ready := false
@@ -582,8 +667,13 @@ func holderPod(l *coordinationv1.Lease) string {
 }
 
 // Deleting the leader's Pod: another replica holds the Lease within the Lease duration, a new
-// event is delivered, and the Deployment is back to two Ready pods.
+// event is delivered, and the Deployment is back to two Ready pods. An install of one replica
+// has no other replica to hand over to.
 func (k *checks) handover(ctx context.Context) error {
+	if k.replicas < 2 {
+		k.logf("the install runs %d replica: no handover to check", k.replicas)
+		return nil
+	}
 	l, err := k.lease(ctx)
 	if err != nil {
 		return err
@@ -593,7 +683,7 @@ func (k *checks) handover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if leader == "" || len(pods) != 2 || (pods[0].Name != leader && pods[1].Name != leader) {
+	if leader == "" || !slices.ContainsFunc(pods, func(p corev1.Pod) bool { return p.Name == leader }) {
 		return fmt.Errorf("want a leader among two pods; the Lease is held by %q", leader)
 	}
 	duration := time.Duration(ptr.Deref(l.Spec.LeaseDurationSeconds, 15)) * time.Second
@@ -621,7 +711,7 @@ func (k *checks) handover(ctx context.Context) error {
 	if err := k.publishAndReceive(ctx, "cluster-event-2"); err != nil {
 		return fmt.Errorf("after the handover: %w", err)
 	}
-	return k.waitDeployment(ctx, installNS, deployName, 2, 2*time.Minute)
+	return k.waitDeployment(ctx, installNS, deployName, k.replicas, 2*time.Minute)
 }
 
 // Metrics through the metrics Service (HTTPS 8443, the operator's self-signed certificate, as

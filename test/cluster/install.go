@@ -63,8 +63,13 @@ patches:
 		if err != nil {
 			return nil, "", err
 		}
+		// Through JSON into Unstructured, so that integers stay int64 (not YAML's float64).
+		j, err := yaml.YAMLToJSON(y)
+		if err != nil {
+			return nil, "", err
+		}
 		u := &unstructured.Unstructured{}
-		if err := yaml.Unmarshal(y, &u.Object); err != nil {
+		if err := u.UnmarshalJSON(j); err != nil {
 			return nil, "", err
 		}
 		objs = append(objs, u)
