@@ -324,12 +324,13 @@ func (n *node) port(name string) (int, error) {
 // to it, and a chain of our own that drops whatever would be forwarded between the bridge and
 // any other interface, so that no packet of the cluster leaves through the machine's uplink.
 func (n *node) network() error {
+	sysctl := func(path, value string) []string { return []string{"sysctl", path, value} }
 	steps := [][]string{
 		{"ip", "link", "add", bridgeName, "type", "bridge"},
-		{"sysctl", "-qw", "net.ipv6.conf." + bridgeName + ".disable_ipv6=1"},
+		sysctl("/proc/sys/net/ipv6/conf/"+bridgeName+"/disable_ipv6", "1"),
 		{"ip", "addr", "add", nodeIP + "/24", "dev", bridgeName},
 		{"ip", "link", "set", bridgeName, "up"},
-		{"sysctl", "-qw", "net.ipv4.conf." + bridgeName + ".forwarding=1"},
+		sysctl("/proc/sys/net/ipv4/conf/"+bridgeName+"/forwarding", "1"),
 		{"ip", "route", "add", serviceCIDR, "dev", bridgeName, "src", nodeIP},
 		{"iptables", "-w", "-N", "DOCROUTER-TEST-CLUSTER"},
 		{"iptables", "-w", "-A", "DOCROUTER-TEST-CLUSTER", "-i", bridgeName, "!", "-o", bridgeName, "-j", "DROP", "-m", "comment", "--comment", "docrouter test cluster: pods reach no other network"},
@@ -337,6 +338,12 @@ func (n *node) network() error {
 		{"iptables", "-w", "-I", "FORWARD", "1", "-j", "DOCROUTER-TEST-CLUSTER"},
 	}
 	for _, s := range steps {
+		if s[0] == "sysctl" { // the bridge's own settings, gone with it
+			if err := os.WriteFile(s[1], []byte(s[2]), 0o644); err != nil {
+				return fmt.Errorf("setting %s to %s: %w", sysctlName(s[1]), s[2], err)
+			}
+			continue
+		}
 		if _, err := run(s[0], s[1:]...); err != nil {
 			return err
 		}
