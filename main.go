@@ -154,10 +154,14 @@ func runManager(args []string) error {
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "webhook-operator.webhooks.docrouter.ai",
 		LeaderElectionNamespace: leaseNamespace,
-		LeaseDuration:           &leaseDuration,
-		RenewDeadline:           &renewDeadline,
-		RetryPeriod:             &retryPeriod,
-		Cache:                   controllers.CacheOptions(cache.Options{}), // finished deliveries stripped in the cache
+		// The leader gives the Lease up when it stops (after its controllers have stopped), so
+		// that a deleted or rolled pod hands over within a retry period instead of the whole
+		// Lease duration. Safe because the process exits as soon as the manager returns.
+		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &leaseDuration,
+		RenewDeadline:                 &renewDeadline,
+		RetryPeriod:                   &retryPeriod,
+		Cache:                         controllers.CacheOptions(cache.Options{}), // finished deliveries stripped in the cache
 	})
 	if err != nil {
 		return err
