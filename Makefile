@@ -105,9 +105,14 @@ image: ## Build the operator's image without a container engine into $(IMAGE_TAR
 	go build -C hack/image -o $(LOCALBIN)/image .
 	$(LOCALBIN)/image -source . -tag $(IMG) -o $(IMAGE_TAR)
 
+# The history store of `make run`: SQLite in the checkout (the binary's default is the path the
+# image's volume is mounted at).
+RUN_HISTORY_DATABASE ?= sqlite://$(CURDIR)/.dev/run/history.db
+
 .PHONY: run
-run: manifests generate fmt vet ## Run the operator against the cluster of the current kubeconfig.
-	go run . manager
+run: manifests generate fmt vet ## Run the operator against the cluster of the current kubeconfig (history in .dev/run/history.db).
+	mkdir -p .dev/run
+	go run . manager --history-database '$(RUN_HISTORY_DATABASE)'
 
 ##@ Local stack
 
