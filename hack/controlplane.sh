@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the test control plane (kube-apiserver and etcd) from Go modules and prints the
-# directory that holds them, for KUBEBUILDER_ASSETS. The binaries are cached outside the
+# Builds the test control plane (kube-apiserver, etcd, and kube-controller-manager, which tests
+# run with only the controllers they need, such as ClusterRole aggregation) from Go modules and
+# prints the directory that holds them, for KUBEBUILDER_ASSETS. Only missing binaries are built. The binaries are cached outside the
 # checkout, keyed by version, so a second run (or a second clone) takes no time.
 #
 #   export KUBEBUILDER_ASSETS="$(hack/controlplane.sh)"
@@ -13,7 +14,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache_root="${DOCROUTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/docrouter-webhook-operator}"
 dir="${cache_root}/controlplane/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}"
 
-if [[ -x "${dir}/kube-apiserver" && -x "${dir}/etcd" ]]; then
+binaries=(kube-apiserver etcd kube-controller-manager)
+missing=()
+for b in "${binaries[@]}"; do
+  [[ -x "${dir}/${b}" ]] || missing+=("${b}")
+done
+if ((${#missing[@]} == 0)); then
   echo "${dir}"
   exit 0
 fi
@@ -28,11 +34,15 @@ pkg=k8s.io/component-base/version
 ldflags="-s -w -X ${pkg}.gitVersion=${K8S_VERSION} -X ${pkg}.gitMajor=${major} -X ${pkg}.gitMinor=${minor}"
 ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
 
-echo "building kube-apiserver ${K8S_VERSION} and etcd ${ETCD_VERSION} from Go modules into ${dir} (about 5 minutes cold)" >&2
+echo "building ${missing[*]} (Kubernetes ${K8S_VERSION}, etcd ${ETCD_VERSION}) from Go modules into ${dir} (about 5 minutes cold)" >&2
 (
   cd "${here}/controlplane"
-  CGO_ENABLED=0 go build -trimpath -ldflags "${ldflags}" -o "${tmp}/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "${tmp}/etcd" ./etcd
+  for b in "${missing[@]}"; do
+    case "${b}" in
+      etcd) CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "${tmp}/etcd" ./etcd ;;
+      *) CGO_ENABLED=0 go build -trimpath -ldflags "${ldflags}" -o "${tmp}/${b}" "k8s.io/kubernetes/cmd/${b}" ;;
+    esac
+  done
 )
-mv "${tmp}/kube-apiserver" "${tmp}/etcd" "${dir}/"
+for b in "${missing[@]}"; do mv "${tmp}/${b}" "${dir}/"; done
 echo "${dir}"
