@@ -42,6 +42,9 @@ generate: $(CONTROLLER_GEN) $(OPENAPI_GEN) ## Generate DeepCopy methods and the 
 	$(OPENAPI_GEN) --output-pkg github.com/docrouter/webhook-operator/api/history/openapi \
 		--output-dir api/history/openapi --output-file zz_generated.openapi.go \
 		--go-header-file hack/boilerplate.go.txt --report-filename api/history/openapi/api_violations.list \
+		--output-model-name-file zz_generated.model_name.go \
+		--readonly-pkg k8s.io/apimachinery/pkg/apis/meta/v1 --readonly-pkg k8s.io/apimachinery/pkg/runtime \
+		--readonly-pkg k8s.io/apimachinery/pkg/version \
 		github.com/docrouter/webhook-operator/api/history/v1alpha1 \
 		k8s.io/apimachinery/pkg/apis/meta/v1 k8s.io/apimachinery/pkg/runtime k8s.io/apimachinery/pkg/version
 

@@ -30,6 +30,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	historyv1alpha1 "github.com/docrouter/webhook-operator/api/history/v1alpha1"
@@ -126,24 +127,28 @@ func Register(ctx context.Context, cfg *rest.Config, r Registration) error {
 		return fmt.Errorf("creating Service %s/%s: %w", r.Namespace, r.Service, err)
 	}
 
-	apiService := APIService(r.Namespace, r.Service, int32(r.Port), r.CABundle)
 	client := dyn.Resource(APIServiceGVR)
-	old, err := client.Get(ctx, apiService.GetName(), metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		_, err = client.Create(ctx, apiService, metav1.CreateOptions{})
-	case err == nil:
-		if len(r.CABundle) == 0 {
-			// Keep the caBundle that the operator wrote.
-			if ca, ok, _ := unstructured.NestedString(old.Object, "spec", "caBundle"); ok {
-				_ = unstructured.SetNestedField(apiService.Object, ca, "spec", "caBundle")
+	// The aggregator writes the APIService's status meanwhile: retry on a conflict.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		apiService := APIService(r.Namespace, r.Service, int32(r.Port), r.CABundle)
+		old, err := client.Get(ctx, apiService.GetName(), metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			_, err = client.Create(ctx, apiService, metav1.CreateOptions{})
+		case err == nil:
+			if len(r.CABundle) == 0 {
+				// Keep the caBundle that the operator wrote.
+				if ca, ok, _ := unstructured.NestedString(old.Object, "spec", "caBundle"); ok {
+					_ = unstructured.SetNestedField(apiService.Object, ca, "spec", "caBundle")
+				}
 			}
+			apiService.SetResourceVersion(old.GetResourceVersion())
+			_, err = client.Update(ctx, apiService, metav1.UpdateOptions{})
 		}
-		apiService.SetResourceVersion(old.GetResourceVersion())
-		_, err = client.Update(ctx, apiService, metav1.UpdateOptions{})
-	}
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("registering APIService %s: %w", apiService.GetName(), err)
+		return fmt.Errorf("registering APIService %s: %w", historyv1alpha1.APIServiceName, err)
 	}
 	return nil
 }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apiserver/pkg/apis/apiserver"
 	"k8s.io/apiserver/pkg/authentication/authenticatorfactory"
 	"k8s.io/apiserver/pkg/authentication/request/headerrequest"
@@ -282,6 +283,11 @@ const (
 // a client certificate of the cluster's client CA, or a bearer token checked with a
 // TokenReview. The CAs and header names are read from kube-system/extension-apiserver-
 // authentication and followed as they change.
+//
+// Unlike ApplyTo, it runs the controllers that follow that ConfigMap itself and waits until
+// they hold the front-proxy CA before the server serves: their first load comes from an
+// informer, and the aggregator's first requests (discovery, OpenAPI, availability) would
+// otherwise be refused for a moment.
 func delegateAuthentication(ctx context.Context, client kubernetes.Interface, cfg *genericapiserver.Config) error {
 	requestHeaderCA, err := dynamiccertificates.NewDynamicCAFromConfigMapController("request-header", authConfigMapNamespace, authConfigMapName, "requestheader-client-ca-file", client)
 	if err != nil {
@@ -292,28 +298,46 @@ func delegateAuthentication(ctx context.Context, client kubernetes.Interface, cf
 		RequestHeaderAuthRequestController: headerrequest.NewRequestHeaderAuthRequestController(authConfigMapName, authConfigMapNamespace, client,
 			"requestheader-username-headers", "requestheader-uid-headers", "requestheader-group-headers", "requestheader-extra-headers-prefix", "requestheader-allowed-names"),
 	}
-	if err := requestHeader.RunOnce(ctx); err != nil {
-		return fmt.Errorf("the history API cannot read the cluster's front-proxy configuration (requestheader-client-ca-file in %s/%s): %w; kube-apiserver must run with --requestheader-client-ca-file for aggregated APIs, and the operator needs the extension-apiserver-authentication-reader Role", authConfigMapNamespace, authConfigMapName, err)
+	clientCA, err := dynamiccertificates.NewDynamicCAFromConfigMapController("client-ca", authConfigMapNamespace, authConfigMapName, "client-ca-file", client)
+	if err != nil {
+		return err
 	}
+	if err := requestHeader.RunOnce(ctx); err != nil {
+		return fmt.Errorf("the history API cannot read the cluster's front-proxy configuration in %s/%s: %w; the operator needs the extension-apiserver-authentication-reader Role there", authConfigMapNamespace, authConfigMapName, err)
+	}
+	go requestHeader.Run(ctx, 1)
+	go clientCA.Run(ctx, 1)
+	loaded := func(context.Context) (bool, error) {
+		return len(requestHeader.CurrentCABundleContent()) > 0 && len(requestHeader.UsernameHeaders()) > 0, nil
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, loaded); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("the cluster publishes no front-proxy CA (requestheader-client-ca-file and requestheader-username-headers in %s/%s): kube-apiserver must run with --requestheader-client-ca-file and --requestheader-username-headers for aggregated APIs such as the history API", authConfigMapNamespace, authConfigMapName)
+	}
+	// The client CA is optional (a cluster may authenticate people by tokens only).
+	_ = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		return len(clientCA.CurrentCABundleContent()) > 0, nil
+	})
+
+	// The serving layer runs the controllers of the providers it is given: hand it views that
+	// are not controllers, since they run already.
+	requestHeaderView := caView{requestHeader}
+	clientCAView := caView{clientCA}
 	headerConfig := &authenticatorfactory.RequestHeaderConfig{
-		CAContentProvider:   requestHeader,
+		CAContentProvider:   requestHeaderView,
 		UsernameHeaders:     headerrequest.StringSliceProviderFunc(requestHeader.UsernameHeaders),
 		UIDHeaders:          headerrequest.StringSliceProviderFunc(requestHeader.UIDHeaders),
 		GroupHeaders:        headerrequest.StringSliceProviderFunc(requestHeader.GroupHeaders),
 		ExtraHeaderPrefixes: headerrequest.StringSliceProviderFunc(requestHeader.ExtraHeaderPrefixes),
 		AllowedClientNames:  headerrequest.StringSliceProviderFunc(requestHeader.AllowedClientNames),
 	}
-	clientCA, err := dynamiccertificates.NewDynamicCAFromConfigMapController("client-ca", authConfigMapNamespace, authConfigMapName, "client-ca-file", client)
-	if err != nil {
-		return err
-	}
-	_ = clientCA.RunOnce(ctx) // optional: a cluster without a client CA has only tokens
-
 	auth := &cfg.Authentication
-	if err := auth.ApplyClientCert(clientCA, cfg.SecureServing); err != nil {
+	if err := auth.ApplyClientCert(clientCAView, cfg.SecureServing); err != nil {
 		return err
 	}
-	if err := auth.ApplyClientCert(requestHeader, cfg.SecureServing); err != nil {
+	if err := auth.ApplyClientCert(requestHeaderView, cfg.SecureServing); err != nil {
 		return err
 	}
 	auth.RequestHeaderConfig = headerConfig
@@ -323,7 +347,7 @@ func delegateAuthentication(ctx context.Context, client kubernetes.Interface, cf
 		TokenAccessReviewTimeout:           10 * time.Second,
 		WebhookRetryBackoff:                genericoptions.DefaultAuthWebhookRetryBackoff(),
 		CacheTTL:                           10 * time.Second,
-		ClientCertificateCAContentProvider: clientCA,
+		ClientCertificateCAContentProvider: clientCAView,
 		RequestHeaderConfig:                headerConfig,
 	}.New()
 	if err != nil {
@@ -332,6 +356,11 @@ func delegateAuthentication(ctx context.Context, client kubernetes.Interface, cf
 	auth.Authenticator = authn
 	cfg.OpenAPIConfig.SecurityDefinitions = security
 	return nil
+}
+
+// caView is a CA provider without its controller's Run and RunOnce.
+type caView struct {
+	dynamiccertificates.CAContentProvider
 }
 
 // delegatedAuthorizer is DelegatingAuthorizationOptions' authorizer with the operator's client:

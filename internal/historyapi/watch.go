@@ -13,7 +13,6 @@ import (
 	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 
 	historyv1alpha1 "github.com/docrouter/webhook-operator/api/history/v1alpha1"
-	"github.com/docrouter/webhook-operator/internal/history"
 )
 
 // Watch streams new and changed records. The history store has no push channel that works
@@ -28,8 +27,8 @@ import (
 //     bookmarks, a bookmark marked k8s.io/initial-events-end, then the changes. With
 //     sendInitialEvents=false, the changes from now on only.
 //
-// A change is ADDED when the record is newer than every record the watch knew of when it
-// started, and MODIFIED otherwise. Records deleted by history retention are not reported
+// A change is ADDED when the record was first written after the watch's starting revision,
+// and MODIFIED otherwise. Records deleted by history retention are not reported
 // (no DELETED events). An idle watch that allows bookmarks gets one every bookmarkEvery.
 func (s *recordStorage) Watch(ctx context.Context, opts *metainternalversion.ListOptions) (watch.Interface, error) {
 	ns := genericapirequest.NamespaceValue(ctx)
@@ -132,30 +131,25 @@ func (w *recordWatch) run(ctx context.Context) {
 	defer func() { <-w.s.watches }()
 	defer close(w.result)
 
-	// newestSeq is the newest record the watch knows of: changes to newer ones are ADDED.
-	newestSeq := int64(-1)
 	rev := w.from
 	if w.initial {
 		var ok bool
-		if rev, newestSeq, ok = w.sendInitial(ctx); !ok {
+		if rev, ok = w.sendInitial(ctx); !ok {
 			return
 		}
 		if w.bookmarks && !w.send(ctx, bookmark(rev, true)) {
 			return
 		}
-	} else {
-		page, err := w.s.store.List(ctx, history.ListOptions{Namespace: w.ns, Limit: 1})
-		if err != nil {
+	} else if rev < 0 {
+		var err error
+		if rev, err = w.s.store.Revision(ctx); err != nil {
 			w.fail(ctx, "starting a watch", err)
 			return
 		}
-		if len(page.Records) > 0 {
-			newestSeq = page.Records[0].Seq
-		}
-		if rev < 0 {
-			rev = page.Revision
-		}
 	}
+	// A record whose first write came after the watch's start is new to its client: ADDED.
+	// (Seq is the revision of a record's first write, in both engines.)
+	start := rev
 
 	lastEvent := time.Now()
 	for {
@@ -171,9 +165,8 @@ func (w *recordWatch) run(ctx context.Context) {
 				continue
 			}
 			typ := watch.Modified
-			if r.Seq > newestSeq {
+			if r.Seq > start {
 				typ = watch.Added
-				newestSeq = r.Seq
 			}
 			r.Attempts = nil // as in a list: get the record for its attempts
 			if !w.send(ctx, watch.Event{Type: typ, Object: toRecord(r)}) {
@@ -197,42 +190,37 @@ func (w *recordWatch) run(ctx context.Context) {
 }
 
 // sendInitial sends an ADDED event for every matching record, page by page, and returns the
-// revision to watch from (that of the first page) and the newest record's Seq.
-func (w *recordWatch) sendInitial(ctx context.Context) (rev, newestSeq int64, ok bool) {
-	so := w.q.store
-	rev, newestSeq = -1, -1
+// revision to watch from: that of the first page.
+func (w *recordWatch) sendInitial(ctx context.Context) (int64, bool) {
 	if w.q.none {
 		r, err := w.s.store.Revision(ctx)
 		if err != nil {
 			w.fail(ctx, "starting a watch", err)
-			return 0, 0, false
+			return 0, false
 		}
-		return r, -1, true
+		return r, true
 	}
+	so := w.q.store
+	rev := int64(-1)
 	for {
 		so.Limit = initialPage
 		page, err := w.s.store.List(ctx, so)
 		if err != nil {
 			w.fail(ctx, "listing the initial records of a watch", err)
-			return 0, 0, false
+			return 0, false
 		}
 		if rev < 0 {
 			rev = page.Revision
 		}
 		for i := range page.Records {
-			r := &page.Records[i]
-			if r.Seq > newestSeq {
-				newestSeq = r.Seq
-			}
-			if !w.q.matches(r) {
-				continue
-			}
-			if !w.send(ctx, watch.Event{Type: watch.Added, Object: toRecord(r)}) {
-				return 0, 0, false
+			if r := &page.Records[i]; w.q.matches(r) {
+				if !w.send(ctx, watch.Event{Type: watch.Added, Object: toRecord(r)}) {
+					return 0, false
+				}
 			}
 		}
 		if page.Continue == "" {
-			return rev, newestSeq, true
+			return rev, true
 		}
 		so.Continue = page.Continue
 	}

@@ -22,6 +22,7 @@ limitations under the License.
 package openapi
 
 import (
+	v1alpha1 "github.com/docrouter/webhook-operator/api/history/v1alpha1"
 	v1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	runtime "k8s.io/apimachinery/pkg/runtime"
 	version "k8s.io/apimachinery/pkg/version"
@@ -31,74 +32,74 @@ import (
 
 func GetOpenAPIDefinitions(ref common.ReferenceCallback) map[string]common.OpenAPIDefinition {
 	return map[string]common.OpenAPIDefinition{
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.Attempt":                     schema_webhook_operator_api_history_v1alpha1_Attempt(ref),
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.DeliveryCounts":              schema_webhook_operator_api_history_v1alpha1_DeliveryCounts(ref),
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.Document":                    schema_webhook_operator_api_history_v1alpha1_Document(ref),
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.EndpointReference":           schema_webhook_operator_api_history_v1alpha1_EndpointReference(ref),
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.Event":                       schema_webhook_operator_api_history_v1alpha1_Event(ref),
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.LatencyPercentiles":          schema_webhook_operator_api_history_v1alpha1_LatencyPercentiles(ref),
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.StatsPoint":                  schema_webhook_operator_api_history_v1alpha1_StatsPoint(ref),
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.StatsWindow":                 schema_webhook_operator_api_history_v1alpha1_StatsWindow(ref),
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookDeliveryRecord":       schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecord(ref),
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookDeliveryRecordList":   schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecordList(ref),
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookDeliveryRecordSpec":   schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecordSpec(ref),
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookDeliveryRecordStatus": schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecordStatus(ref),
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookEndpointStats":        schema_webhook_operator_api_history_v1alpha1_WebhookEndpointStats(ref),
-		"github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookEndpointStatsList":    schema_webhook_operator_api_history_v1alpha1_WebhookEndpointStatsList(ref),
-		v1.APIGroup{}.OpenAPIModelName():                                                         schema_pkg_apis_meta_v1_APIGroup(ref),
-		v1.APIGroupList{}.OpenAPIModelName():                                                     schema_pkg_apis_meta_v1_APIGroupList(ref),
-		v1.APIResource{}.OpenAPIModelName():                                                      schema_pkg_apis_meta_v1_APIResource(ref),
-		v1.APIResourceList{}.OpenAPIModelName():                                                  schema_pkg_apis_meta_v1_APIResourceList(ref),
-		v1.APIVersions{}.OpenAPIModelName():                                                      schema_pkg_apis_meta_v1_APIVersions(ref),
-		v1.ApplyOptions{}.OpenAPIModelName():                                                     schema_pkg_apis_meta_v1_ApplyOptions(ref),
-		v1.Condition{}.OpenAPIModelName():                                                        schema_pkg_apis_meta_v1_Condition(ref),
-		v1.CreateOptions{}.OpenAPIModelName():                                                    schema_pkg_apis_meta_v1_CreateOptions(ref),
-		v1.DeleteOptions{}.OpenAPIModelName():                                                    schema_pkg_apis_meta_v1_DeleteOptions(ref),
-		v1.Duration{}.OpenAPIModelName():                                                         schema_pkg_apis_meta_v1_Duration(ref),
-		v1.FieldSelectorRequirement{}.OpenAPIModelName():                                         schema_pkg_apis_meta_v1_FieldSelectorRequirement(ref),
-		v1.FieldsV1{}.OpenAPIModelName():                                                         schema_pkg_apis_meta_v1_FieldsV1(ref),
-		v1.GetOptions{}.OpenAPIModelName():                                                       schema_pkg_apis_meta_v1_GetOptions(ref),
-		v1.GroupKind{}.OpenAPIModelName():                                                        schema_pkg_apis_meta_v1_GroupKind(ref),
-		v1.GroupResource{}.OpenAPIModelName():                                                    schema_pkg_apis_meta_v1_GroupResource(ref),
-		v1.GroupVersion{}.OpenAPIModelName():                                                     schema_pkg_apis_meta_v1_GroupVersion(ref),
-		v1.GroupVersionForDiscovery{}.OpenAPIModelName():                                         schema_pkg_apis_meta_v1_GroupVersionForDiscovery(ref),
-		v1.GroupVersionKind{}.OpenAPIModelName():                                                 schema_pkg_apis_meta_v1_GroupVersionKind(ref),
-		v1.GroupVersionResource{}.OpenAPIModelName():                                             schema_pkg_apis_meta_v1_GroupVersionResource(ref),
-		v1.InternalEvent{}.OpenAPIModelName():                                                    schema_pkg_apis_meta_v1_InternalEvent(ref),
-		v1.LabelSelector{}.OpenAPIModelName():                                                    schema_pkg_apis_meta_v1_LabelSelector(ref),
-		v1.LabelSelectorRequirement{}.OpenAPIModelName():                                         schema_pkg_apis_meta_v1_LabelSelectorRequirement(ref),
-		v1.List{}.OpenAPIModelName():                                                             schema_pkg_apis_meta_v1_List(ref),
-		v1.ListMeta{}.OpenAPIModelName():                                                         schema_pkg_apis_meta_v1_ListMeta(ref),
-		v1.ListOptions{}.OpenAPIModelName():                                                      schema_pkg_apis_meta_v1_ListOptions(ref),
-		v1.ManagedFieldsEntry{}.OpenAPIModelName():                                               schema_pkg_apis_meta_v1_ManagedFieldsEntry(ref),
-		v1.MicroTime{}.OpenAPIModelName():                                                        schema_pkg_apis_meta_v1_MicroTime(ref),
-		v1.ObjectMeta{}.OpenAPIModelName():                                                       schema_pkg_apis_meta_v1_ObjectMeta(ref),
-		v1.OwnerReference{}.OpenAPIModelName():                                                   schema_pkg_apis_meta_v1_OwnerReference(ref),
-		v1.PartialObjectMetadata{}.OpenAPIModelName():                                            schema_pkg_apis_meta_v1_PartialObjectMetadata(ref),
-		v1.PartialObjectMetadataList{}.OpenAPIModelName():                                        schema_pkg_apis_meta_v1_PartialObjectMetadataList(ref),
-		v1.Patch{}.OpenAPIModelName():                                                            schema_pkg_apis_meta_v1_Patch(ref),
-		v1.PatchOptions{}.OpenAPIModelName():                                                     schema_pkg_apis_meta_v1_PatchOptions(ref),
-		v1.Preconditions{}.OpenAPIModelName():                                                    schema_pkg_apis_meta_v1_Preconditions(ref),
-		v1.RootPaths{}.OpenAPIModelName():                                                        schema_pkg_apis_meta_v1_RootPaths(ref),
-		v1.ServerAddressByClientCIDR{}.OpenAPIModelName():                                        schema_pkg_apis_meta_v1_ServerAddressByClientCIDR(ref),
-		v1.ShardInfo{}.OpenAPIModelName():                                                        schema_pkg_apis_meta_v1_ShardInfo(ref),
-		v1.Status{}.OpenAPIModelName():                                                           schema_pkg_apis_meta_v1_Status(ref),
-		v1.StatusCause{}.OpenAPIModelName():                                                      schema_pkg_apis_meta_v1_StatusCause(ref),
-		v1.StatusDetails{}.OpenAPIModelName():                                                    schema_pkg_apis_meta_v1_StatusDetails(ref),
-		v1.Table{}.OpenAPIModelName():                                                            schema_pkg_apis_meta_v1_Table(ref),
-		v1.TableColumnDefinition{}.OpenAPIModelName():                                            schema_pkg_apis_meta_v1_TableColumnDefinition(ref),
-		v1.TableOptions{}.OpenAPIModelName():                                                     schema_pkg_apis_meta_v1_TableOptions(ref),
-		v1.TableRow{}.OpenAPIModelName():                                                         schema_pkg_apis_meta_v1_TableRow(ref),
-		v1.TableRowCondition{}.OpenAPIModelName():                                                schema_pkg_apis_meta_v1_TableRowCondition(ref),
-		v1.Time{}.OpenAPIModelName():                                                             schema_pkg_apis_meta_v1_Time(ref),
-		v1.Timestamp{}.OpenAPIModelName():                                                        schema_pkg_apis_meta_v1_Timestamp(ref),
-		v1.TypeMeta{}.OpenAPIModelName():                                                         schema_pkg_apis_meta_v1_TypeMeta(ref),
-		v1.UpdateOptions{}.OpenAPIModelName():                                                    schema_pkg_apis_meta_v1_UpdateOptions(ref),
-		v1.WatchEvent{}.OpenAPIModelName():                                                       schema_pkg_apis_meta_v1_WatchEvent(ref),
-		runtime.RawExtension{}.OpenAPIModelName():                                                schema_k8sio_apimachinery_pkg_runtime_RawExtension(ref),
-		runtime.TypeMeta{}.OpenAPIModelName():                                                    schema_k8sio_apimachinery_pkg_runtime_TypeMeta(ref),
-		runtime.Unknown{}.OpenAPIModelName():                                                     schema_k8sio_apimachinery_pkg_runtime_Unknown(ref),
-		version.Info{}.OpenAPIModelName():                                                        schema_k8sio_apimachinery_pkg_version_Info(ref),
+		v1alpha1.Attempt{}.OpenAPIModelName():                     schema_webhook_operator_api_history_v1alpha1_Attempt(ref),
+		v1alpha1.DeliveryCounts{}.OpenAPIModelName():              schema_webhook_operator_api_history_v1alpha1_DeliveryCounts(ref),
+		v1alpha1.Document{}.OpenAPIModelName():                    schema_webhook_operator_api_history_v1alpha1_Document(ref),
+		v1alpha1.EndpointReference{}.OpenAPIModelName():           schema_webhook_operator_api_history_v1alpha1_EndpointReference(ref),
+		v1alpha1.Event{}.OpenAPIModelName():                       schema_webhook_operator_api_history_v1alpha1_Event(ref),
+		v1alpha1.LatencyPercentiles{}.OpenAPIModelName():          schema_webhook_operator_api_history_v1alpha1_LatencyPercentiles(ref),
+		v1alpha1.StatsPoint{}.OpenAPIModelName():                  schema_webhook_operator_api_history_v1alpha1_StatsPoint(ref),
+		v1alpha1.StatsWindow{}.OpenAPIModelName():                 schema_webhook_operator_api_history_v1alpha1_StatsWindow(ref),
+		v1alpha1.WebhookDeliveryRecord{}.OpenAPIModelName():       schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecord(ref),
+		v1alpha1.WebhookDeliveryRecordList{}.OpenAPIModelName():   schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecordList(ref),
+		v1alpha1.WebhookDeliveryRecordSpec{}.OpenAPIModelName():   schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecordSpec(ref),
+		v1alpha1.WebhookDeliveryRecordStatus{}.OpenAPIModelName(): schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecordStatus(ref),
+		v1alpha1.WebhookEndpointStats{}.OpenAPIModelName():        schema_webhook_operator_api_history_v1alpha1_WebhookEndpointStats(ref),
+		v1alpha1.WebhookEndpointStatsList{}.OpenAPIModelName():    schema_webhook_operator_api_history_v1alpha1_WebhookEndpointStatsList(ref),
+		v1.APIGroup{}.OpenAPIModelName():                          schema_pkg_apis_meta_v1_APIGroup(ref),
+		v1.APIGroupList{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_APIGroupList(ref),
+		v1.APIResource{}.OpenAPIModelName():                       schema_pkg_apis_meta_v1_APIResource(ref),
+		v1.APIResourceList{}.OpenAPIModelName():                   schema_pkg_apis_meta_v1_APIResourceList(ref),
+		v1.APIVersions{}.OpenAPIModelName():                       schema_pkg_apis_meta_v1_APIVersions(ref),
+		v1.ApplyOptions{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_ApplyOptions(ref),
+		v1.Condition{}.OpenAPIModelName():                         schema_pkg_apis_meta_v1_Condition(ref),
+		v1.CreateOptions{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_CreateOptions(ref),
+		v1.DeleteOptions{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_DeleteOptions(ref),
+		v1.Duration{}.OpenAPIModelName():                          schema_pkg_apis_meta_v1_Duration(ref),
+		v1.FieldSelectorRequirement{}.OpenAPIModelName():          schema_pkg_apis_meta_v1_FieldSelectorRequirement(ref),
+		v1.FieldsV1{}.OpenAPIModelName():                          schema_pkg_apis_meta_v1_FieldsV1(ref),
+		v1.GetOptions{}.OpenAPIModelName():                        schema_pkg_apis_meta_v1_GetOptions(ref),
+		v1.GroupKind{}.OpenAPIModelName():                         schema_pkg_apis_meta_v1_GroupKind(ref),
+		v1.GroupResource{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_GroupResource(ref),
+		v1.GroupVersion{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_GroupVersion(ref),
+		v1.GroupVersionForDiscovery{}.OpenAPIModelName():          schema_pkg_apis_meta_v1_GroupVersionForDiscovery(ref),
+		v1.GroupVersionKind{}.OpenAPIModelName():                  schema_pkg_apis_meta_v1_GroupVersionKind(ref),
+		v1.GroupVersionResource{}.OpenAPIModelName():              schema_pkg_apis_meta_v1_GroupVersionResource(ref),
+		v1.InternalEvent{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_InternalEvent(ref),
+		v1.LabelSelector{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_LabelSelector(ref),
+		v1.LabelSelectorRequirement{}.OpenAPIModelName():          schema_pkg_apis_meta_v1_LabelSelectorRequirement(ref),
+		v1.List{}.OpenAPIModelName():                              schema_pkg_apis_meta_v1_List(ref),
+		v1.ListMeta{}.OpenAPIModelName():                          schema_pkg_apis_meta_v1_ListMeta(ref),
+		v1.ListOptions{}.OpenAPIModelName():                       schema_pkg_apis_meta_v1_ListOptions(ref),
+		v1.ManagedFieldsEntry{}.OpenAPIModelName():                schema_pkg_apis_meta_v1_ManagedFieldsEntry(ref),
+		v1.MicroTime{}.OpenAPIModelName():                         schema_pkg_apis_meta_v1_MicroTime(ref),
+		v1.ObjectMeta{}.OpenAPIModelName():                        schema_pkg_apis_meta_v1_ObjectMeta(ref),
+		v1.OwnerReference{}.OpenAPIModelName():                    schema_pkg_apis_meta_v1_OwnerReference(ref),
+		v1.PartialObjectMetadata{}.OpenAPIModelName():             schema_pkg_apis_meta_v1_PartialObjectMetadata(ref),
+		v1.PartialObjectMetadataList{}.OpenAPIModelName():         schema_pkg_apis_meta_v1_PartialObjectMetadataList(ref),
+		v1.Patch{}.OpenAPIModelName():                             schema_pkg_apis_meta_v1_Patch(ref),
+		v1.PatchOptions{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_PatchOptions(ref),
+		v1.Preconditions{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_Preconditions(ref),
+		v1.RootPaths{}.OpenAPIModelName():                         schema_pkg_apis_meta_v1_RootPaths(ref),
+		v1.ServerAddressByClientCIDR{}.OpenAPIModelName():         schema_pkg_apis_meta_v1_ServerAddressByClientCIDR(ref),
+		v1.ShardInfo{}.OpenAPIModelName():                         schema_pkg_apis_meta_v1_ShardInfo(ref),
+		v1.Status{}.OpenAPIModelName():                            schema_pkg_apis_meta_v1_Status(ref),
+		v1.StatusCause{}.OpenAPIModelName():                       schema_pkg_apis_meta_v1_StatusCause(ref),
+		v1.StatusDetails{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_StatusDetails(ref),
+		v1.Table{}.OpenAPIModelName():                             schema_pkg_apis_meta_v1_Table(ref),
+		v1.TableColumnDefinition{}.OpenAPIModelName():             schema_pkg_apis_meta_v1_TableColumnDefinition(ref),
+		v1.TableOptions{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_TableOptions(ref),
+		v1.TableRow{}.OpenAPIModelName():                          schema_pkg_apis_meta_v1_TableRow(ref),
+		v1.TableRowCondition{}.OpenAPIModelName():                 schema_pkg_apis_meta_v1_TableRowCondition(ref),
+		v1.Time{}.OpenAPIModelName():                              schema_pkg_apis_meta_v1_Time(ref),
+		v1.Timestamp{}.OpenAPIModelName():                         schema_pkg_apis_meta_v1_Timestamp(ref),
+		v1.TypeMeta{}.OpenAPIModelName():                          schema_pkg_apis_meta_v1_TypeMeta(ref),
+		v1.UpdateOptions{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_UpdateOptions(ref),
+		v1.WatchEvent{}.OpenAPIModelName():                        schema_pkg_apis_meta_v1_WatchEvent(ref),
+		runtime.RawExtension{}.OpenAPIModelName():                 schema_k8sio_apimachinery_pkg_runtime_RawExtension(ref),
+		runtime.TypeMeta{}.OpenAPIModelName():                     schema_k8sio_apimachinery_pkg_runtime_TypeMeta(ref),
+		runtime.Unknown{}.OpenAPIModelName():                      schema_k8sio_apimachinery_pkg_runtime_Unknown(ref),
+		version.Info{}.OpenAPIModelName():                         schema_k8sio_apimachinery_pkg_version_Info(ref),
 	}
 }
 
@@ -305,7 +306,7 @@ func schema_webhook_operator_api_history_v1alpha1_Event(ref common.ReferenceCall
 						SchemaProps: spec.SchemaProps{
 							Description: "document is the document the event is about.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("github.com/docrouter/webhook-operator/api/history/v1alpha1.Document"),
+							Ref:         ref(v1alpha1.Document{}.OpenAPIModelName()),
 						},
 					},
 					"data": {
@@ -318,7 +319,7 @@ func schema_webhook_operator_api_history_v1alpha1_Event(ref common.ReferenceCall
 			},
 		},
 		Dependencies: []string{
-			"github.com/docrouter/webhook-operator/api/history/v1alpha1.Document", runtime.RawExtension{}.OpenAPIModelName()},
+			v1alpha1.Document{}.OpenAPIModelName(), runtime.RawExtension{}.OpenAPIModelName()},
 	}
 }
 
@@ -456,7 +457,7 @@ func schema_webhook_operator_api_history_v1alpha1_StatsWindow(ref common.Referen
 						SchemaProps: spec.SchemaProps{
 							Description: "deliveries counts the deliveries that reached a final phase in the window.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("github.com/docrouter/webhook-operator/api/history/v1alpha1.DeliveryCounts"),
+							Ref:         ref(v1alpha1.DeliveryCounts{}.OpenAPIModelName()),
 						},
 					},
 					"attempts": {
@@ -485,7 +486,7 @@ func schema_webhook_operator_api_history_v1alpha1_StatsWindow(ref common.Referen
 						SchemaProps: spec.SchemaProps{
 							Description: "latency holds percentiles of the durations of the window's attempts (interpolated within histogram buckets); zero when there was no attempt.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("github.com/docrouter/webhook-operator/api/history/v1alpha1.LatencyPercentiles"),
+							Ref:         ref(v1alpha1.LatencyPercentiles{}.OpenAPIModelName()),
 						},
 					},
 					"seriesStepSeconds": {
@@ -507,7 +508,7 @@ func schema_webhook_operator_api_history_v1alpha1_StatsWindow(ref common.Referen
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("github.com/docrouter/webhook-operator/api/history/v1alpha1.StatsPoint"),
+										Ref: ref(v1alpha1.StatsPoint{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -517,7 +518,7 @@ func schema_webhook_operator_api_history_v1alpha1_StatsWindow(ref common.Referen
 			},
 		},
 		Dependencies: []string{
-			"github.com/docrouter/webhook-operator/api/history/v1alpha1.DeliveryCounts", "github.com/docrouter/webhook-operator/api/history/v1alpha1.LatencyPercentiles", "github.com/docrouter/webhook-operator/api/history/v1alpha1.StatsPoint", v1.Time{}.OpenAPIModelName()},
+			v1alpha1.DeliveryCounts{}.OpenAPIModelName(), v1alpha1.LatencyPercentiles{}.OpenAPIModelName(), v1alpha1.StatsPoint{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName()},
 	}
 }
 
@@ -553,21 +554,21 @@ func schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecord(ref comm
 						SchemaProps: spec.SchemaProps{
 							Description: "spec is what was delivered: the endpoint and the event.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookDeliveryRecordSpec"),
+							Ref:         ref(v1alpha1.WebhookDeliveryRecordSpec{}.OpenAPIModelName()),
 						},
 					},
 					"status": {
 						SchemaProps: spec.SchemaProps{
 							Description: "status is the delivery's progress and every attempt.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookDeliveryRecordStatus"),
+							Ref:         ref(v1alpha1.WebhookDeliveryRecordStatus{}.OpenAPIModelName()),
 						},
 					},
 				},
 			},
 		},
 		Dependencies: []string{
-			"github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookDeliveryRecordSpec", "github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookDeliveryRecordStatus", v1.ObjectMeta{}.OpenAPIModelName()},
+			v1alpha1.WebhookDeliveryRecordSpec{}.OpenAPIModelName(), v1alpha1.WebhookDeliveryRecordStatus{}.OpenAPIModelName(), v1.ObjectMeta{}.OpenAPIModelName()},
 	}
 }
 
@@ -606,7 +607,7 @@ func schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecordList(ref 
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookDeliveryRecord"),
+										Ref: ref(v1alpha1.WebhookDeliveryRecord{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -617,7 +618,7 @@ func schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecordList(ref 
 			},
 		},
 		Dependencies: []string{
-			"github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookDeliveryRecord", v1.ListMeta{}.OpenAPIModelName()},
+			v1alpha1.WebhookDeliveryRecord{}.OpenAPIModelName(), v1.ListMeta{}.OpenAPIModelName()},
 	}
 }
 
@@ -632,21 +633,21 @@ func schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecordSpec(ref 
 						SchemaProps: spec.SchemaProps{
 							Description: "endpointRef names the WebhookEndpoint, in this namespace, that the event was for.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("github.com/docrouter/webhook-operator/api/history/v1alpha1.EndpointReference"),
+							Ref:         ref(v1alpha1.EndpointReference{}.OpenAPIModelName()),
 						},
 					},
 					"event": {
 						SchemaProps: spec.SchemaProps{
 							Description: "event is the event as it was sent.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("github.com/docrouter/webhook-operator/api/history/v1alpha1.Event"),
+							Ref:         ref(v1alpha1.Event{}.OpenAPIModelName()),
 						},
 					},
 				},
 			},
 		},
 		Dependencies: []string{
-			"github.com/docrouter/webhook-operator/api/history/v1alpha1.EndpointReference", "github.com/docrouter/webhook-operator/api/history/v1alpha1.Event"},
+			v1alpha1.EndpointReference{}.OpenAPIModelName(), v1alpha1.Event{}.OpenAPIModelName()},
 	}
 }
 
@@ -716,7 +717,7 @@ func schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecordStatus(re
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("github.com/docrouter/webhook-operator/api/history/v1alpha1.Attempt"),
+										Ref: ref(v1alpha1.Attempt{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -759,7 +760,7 @@ func schema_webhook_operator_api_history_v1alpha1_WebhookDeliveryRecordStatus(re
 			},
 		},
 		Dependencies: []string{
-			"github.com/docrouter/webhook-operator/api/history/v1alpha1.Attempt", v1.Time{}.OpenAPIModelName()},
+			v1alpha1.Attempt{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName()},
 	}
 }
 
@@ -803,7 +804,7 @@ func schema_webhook_operator_api_history_v1alpha1_WebhookEndpointStats(ref commo
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("github.com/docrouter/webhook-operator/api/history/v1alpha1.StatsWindow"),
+										Ref: ref(v1alpha1.StatsWindow{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -827,7 +828,7 @@ func schema_webhook_operator_api_history_v1alpha1_WebhookEndpointStats(ref commo
 			},
 		},
 		Dependencies: []string{
-			"github.com/docrouter/webhook-operator/api/history/v1alpha1.StatsWindow", v1.ObjectMeta{}.OpenAPIModelName()},
+			v1alpha1.StatsWindow{}.OpenAPIModelName(), v1.ObjectMeta{}.OpenAPIModelName()},
 	}
 }
 
@@ -865,7 +866,7 @@ func schema_webhook_operator_api_history_v1alpha1_WebhookEndpointStatsList(ref c
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookEndpointStats"),
+										Ref: ref(v1alpha1.WebhookEndpointStats{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -876,7 +877,7 @@ func schema_webhook_operator_api_history_v1alpha1_WebhookEndpointStatsList(ref c
 			},
 		},
 		Dependencies: []string{
-			"github.com/docrouter/webhook-operator/api/history/v1alpha1.WebhookEndpointStats", v1.ListMeta{}.OpenAPIModelName()},
+			v1alpha1.WebhookEndpointStats{}.OpenAPIModelName(), v1.ListMeta{}.OpenAPIModelName()},
 	}
 }
 

@@ -11,10 +11,13 @@
 // import them without the server.
 //
 // CRDs are not generated for this package (+kubebuilder:skip): the API server does not store
-// these kinds; it forwards their requests to the operator.
+// these kinds; it forwards their requests to the operator. openapi-gen gives each type its
+// OpenAPI model name (zz_generated.model_name.go), which ties its schema to its kind, so that
+// kubectl explain finds it.
 //
 // +kubebuilder:object:generate=true
 // +kubebuilder:skip
 // +k8s:openapi-gen=true
+// +k8s:openapi-model-package=ai.docrouter.webhooks.history.v1alpha1
 // +groupName=history.webhooks.docrouter.ai
 package v1alpha1
