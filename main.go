@@ -28,6 +28,8 @@ import (
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/controllers"
 	"github.com/docrouter/webhook-operator/dispatcher"
+	"github.com/docrouter/webhook-operator/internal/history"
+	"github.com/docrouter/webhook-operator/internal/historyapi"
 	"github.com/docrouter/webhook-operator/internal/intake"
 )
 
@@ -103,6 +105,8 @@ func runManager(args []string) error {
 		intakeOpts.Audiences = append(intakeOpts.Audiences, v)
 		return nil
 	})
+	historyAPI := historyapi.DefaultOptions()
+	historyAPI.AddFlags(fs)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -152,6 +156,12 @@ func runManager(args []string) error {
 		if err := mgr.Add(&intakeSrv); err != nil {
 			return err
 		}
+	}
+	// The history API (kubectl get webhookdeliveryrecords), on every replica. The history store
+	// is opened by the history integration; until it is merged there is none here.
+	var store history.Store
+	if err := historyapi.AddToManager(mgr, historyAPI, store); err != nil {
+		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err

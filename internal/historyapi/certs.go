@@ -149,7 +149,7 @@ func (c *selfManagedCert) ensure(ctx context.Context) error {
 	var bundle []byte
 	for attempt := 0; ; attempt++ {
 		if attempt == 5 {
-			return fmt.Errorf("Secret %s/%s kept changing while it was renewed", c.namespace, c.secret)
+			return fmt.Errorf("the Secret %s/%s kept changing while it was renewed", c.namespace, c.secret)
 		}
 		sec, err := secrets.Get(ctx, c.secret, metav1.GetOptions{})
 		notFound := apierrors.IsNotFound(err)

@@ -67,7 +67,7 @@ func toRecord(r *history.Record) *historyv1alpha1.WebhookDeliveryRecord {
 				Time:                 a.Time,
 				StatusCode:           a.StatusCode,
 				DurationMilliseconds: a.DurationMilliseconds,
-				Result:               a.Result,
+				Result:               string(a.Result),
 				Error:                a.Error,
 				Trigger:              string(a.Trigger),
 			}

@@ -44,6 +44,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	restclient "k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	historyopenapi "github.com/docrouter/webhook-operator/api/history/openapi"
 	historyv1alpha1 "github.com/docrouter/webhook-operator/api/history/v1alpha1"
@@ -385,4 +386,23 @@ func delegatedAuthorizer(client kubernetes.Interface) (authorizer.Authorizer, er
 		union.NamedAuthorizer{AuthorizerName: "kubernetes.io/always-allow-paths", Authorizer: paths},
 		union.NamedAuthorizer{AuthorizerName: "kubernetes.io/webhook", Authorizer: sar},
 	)
+}
+
+// AddToManager adds the history API to mgr when o enables it, serving store with the manager's
+// client configuration and listing endpoints from its cache. It refuses to start without a
+// store: an APIService whose server is missing makes every kubectl discovery warn.
+func AddToManager(mgr manager.Manager, o Options, store history.Store) error {
+	if !o.Enabled() {
+		return nil
+	}
+	if store == nil {
+		return errors.New("the history API (--history-api-bind-address) serves the history store, and there is none: set --history-database, or turn the API off with --history-api-bind-address=0 and delete its APIService")
+	}
+	return mgr.Add(&Server{
+		Options:   o,
+		Config:    mgr.GetConfig(),
+		Store:     store,
+		Endpoints: ClientEndpoints{Reader: mgr.GetClient()},
+		Log:       mgr.GetLogger().WithName("history-api"),
+	})
 }
