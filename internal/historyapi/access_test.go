@@ -41,7 +41,7 @@ var recordsGVR = historyv1alpha1.GroupVersion.WithResource(historyv1alpha1.Recor
 // An informer (client-go's reflector, which uses watch-list streaming by default: initial
 // events, then a bookmark that ends them) syncs the namespace's records and then follows new
 // ones, as a controller or the console would.
-func testInformer(t *testing.T, a *api) {
+func (a *api) testInformer(t *testing.T) {
 	ns := env.Namespace(t)
 	var initial []history.Record
 	for i := range 120 {
@@ -90,7 +90,7 @@ func testInformer(t *testing.T, a *api) {
 // gets 403; a user bound to the built-in view role there reads (the history viewer role
 // aggregates into it); a user bound to view in another namespace gets 403 here. Through the
 // API server (front-proxy headers) and directly with a ServiceAccount token (TokenReview).
-func testAuthorization(t *testing.T, a *api) {
+func (a *api) testAuthorization(t *testing.T) {
 	ctx := context.Background()
 	ns, ns2 := env.Namespace(t), env.Namespace(t)
 	r := delivery{ns: ns, endpoint: "signed", eventID: ns + "-rbac", codes: []int32{200}}.record()
@@ -158,7 +158,7 @@ func testAuthorization(t *testing.T, a *api) {
 	if err := env.Client.Create(ctx, rb); err != nil {
 		t.Fatal(err)
 	}
-	direct := directClient(t, a)
+	direct := directClient(t)
 	url := fmt.Sprintf("https://localhost:%d/apis/%s/namespaces/%s/webhookdeliveryrecords", a.port, historyv1alpha1.GroupVersion, ns)
 	status := func(token string) int {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -168,7 +168,7 @@ func testAuthorization(t *testing.T, a *api) {
 			t.Fatal(err)
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return resp.StatusCode
 	}
 	err = wait.PollUntilContextTimeout(ctx, time.Second, 30*time.Second, true, func(context.Context) (bool, error) {
@@ -188,7 +188,7 @@ func testAuthorization(t *testing.T, a *api) {
 // directClient reaches the history API on its port, verifying its certificate against the CA
 // the operator keeps (the one in the APIService's caBundle) for the Service's DNS name, as the
 // aggregator does.
-func directClient(t *testing.T, a *api) *http.Client {
+func directClient(t *testing.T) *http.Client {
 	t.Helper()
 	var sec corev1.Secret
 	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: installNamespace, Name: historyapi.DefaultCertSecret}, &sec); err != nil {
@@ -205,7 +205,7 @@ func directClient(t *testing.T, a *api) *http.Client {
 
 // kubectl, as users run it with their own kubeconfig: the table, -o wide, a field selector,
 // -o yaml with every attempt, the webhooks category, explain, and -w.
-func testKubectl(t *testing.T, a *api) {
+func (a *api) testKubectl(t *testing.T) {
 	bin, err := exec.LookPath("kubectl")
 	if err != nil {
 		t.Fatalf("kubectl is not on the PATH: %v", err)

@@ -2,12 +2,10 @@ package historyapi_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -212,8 +210,8 @@ func startAPI(t *testing.T, store history.Store) *api {
 }
 
 // recordsClient is a REST client of the history group, as kubectl builds one.
-func recordsClient(t testing.TB, cfg *rest.Config) *rest.RESTClient {
-	t.Helper()
+func recordsClient(tb testing.TB, cfg *rest.Config) *rest.RESTClient {
+	tb.Helper()
 	c := rest.CopyConfig(cfg)
 	c.GroupVersion = &historyv1alpha1.GroupVersion
 	c.APIPath = "/apis"
@@ -221,7 +219,7 @@ func recordsClient(t testing.TB, cfg *rest.Config) *rest.RESTClient {
 	c.QPS, c.Burst = -1, -1
 	rc, err := rest.RESTClientFor(c)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return rc
 }
@@ -256,17 +254,13 @@ func bindView(t *testing.T, ns, name string) {
 }
 
 // writeAll writes records in batches, as the archiver does.
-func writeAll(t testing.TB, s history.Store, records []history.Record) {
-	t.Helper()
+func writeAll(tb testing.TB, s history.Store, records []history.Record) {
+	tb.Helper()
 	for len(records) > 0 {
 		n := min(len(records), 500)
 		if err := s.Write(context.Background(), records[:n]); err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 		records = records[n:]
 	}
 }
-
-var errNotYet = errors.New("not yet")
-
-func itoa(i int) string { return strconv.Itoa(i) }

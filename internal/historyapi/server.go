@@ -159,7 +159,7 @@ func (s *Server) Start(ctx context.Context) error {
 			return fmt.Errorf("the history API cannot listen on %s: %w", s.BindAddress, err)
 		}
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }() // the server closes it too; a second Close fails harmlessly
 
 	cert, err := s.servingCert(ctx, client, log)
 	if err != nil {
