@@ -2,11 +2,14 @@ package historyapi_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -32,8 +35,10 @@ import (
 
 	historyv1alpha1 "github.com/docrouter/webhook-operator/api/history/v1alpha1"
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+	"github.com/docrouter/webhook-operator/internal/aggregation"
 	"github.com/docrouter/webhook-operator/internal/history"
 	"github.com/docrouter/webhook-operator/internal/historyapi"
+	"github.com/docrouter/webhook-operator/internal/pki"
 )
 
 var recordsGVR = historyv1alpha1.GroupVersion.WithResource(historyv1alpha1.RecordsResource)
@@ -322,5 +327,52 @@ func (a *api) testKubectl(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatalf("kubectl get whdr -w did not print %s within 30s", late.Name)
 		}
+	}
+}
+
+// Every replica serves the same certificate, the one in the install's Secret whose CA is the
+// APIService's caBundle: a second replica reads the Secret the first one wrote.
+func (a *api) testReplicasShareTheCertificate(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	runServer(t, a.cfg, a.store, ln)
+	served := func(port int) []byte {
+		t.Helper()
+		var cert []byte
+		err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+			conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &tls.Config{InsecureSkipVerify: true}) // reads the certificate served; compared with the Secret below
+			if err != nil {
+				return false, nil
+			}
+			defer conn.Close()
+			cert = conn.ConnectionState().PeerCertificates[0].Raw
+			return true, nil
+		})
+		if err != nil {
+			t.Fatalf("nothing serves TLS on port %d", port)
+		}
+		return cert
+	}
+	var sec corev1.Secret
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: installNamespace, Name: historyapi.DefaultCertSecret}, &sec); err != nil {
+		t.Fatal(err)
+	}
+	want, err := pki.ParseCert(sec.Data[corev1.TLSCertKey])
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, second := served(a.port), served(ln.Addr().(*net.TCPAddr).Port)
+	if !bytes.Equal(first, want.Raw) || !bytes.Equal(second, want.Raw) {
+		t.Errorf("the replicas serve different certificates, or not the Secret's")
+	}
+	u, err := dynamic.NewForConfigOrDie(env.Config).Resource(aggregation.APIServiceGVR).Get(context.Background(), historyv1alpha1.APIServiceName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caBundle, _, _ := unstructured.NestedString(u.Object, "spec", "caBundle")
+	if caBundle != base64.StdEncoding.EncodeToString(append(bytes.TrimSpace(sec.Data["ca.crt"]), '\n')) {
+		t.Errorf("the APIService's caBundle is not the Secret's CA")
 	}
 }

@@ -35,6 +35,7 @@ func TestHistoryAPI(t *testing.T) {
 			t.Run("Table", a.testTable)
 			t.Run("Kubectl", a.testKubectl)
 			t.Run("Stats", a.testStats)
+			t.Run("ReplicasShareTheCertificate", a.testReplicasShareTheCertificate)
 		})
 	}
 }
