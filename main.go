@@ -33,6 +33,7 @@ import (
 	"github.com/docrouter/webhook-operator/controllers"
 	"github.com/docrouter/webhook-operator/dispatcher"
 	"github.com/docrouter/webhook-operator/internal/history"
+	"github.com/docrouter/webhook-operator/internal/historyapi"
 	"github.com/docrouter/webhook-operator/internal/intake"
 )
 
@@ -117,6 +118,8 @@ func runManager(args []string) error {
 		intakeOpts.Audiences = append(intakeOpts.Audiences, v)
 		return nil
 	})
+	historyAPI := historyapi.DefaultOptions()
+	historyAPI.AddFlags(fs)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -191,6 +194,10 @@ func runManager(args []string) error {
 		if err := mgr.Add(&intakeSrv); err != nil {
 			return err
 		}
+	}
+	// The history API (kubectl get webhookdeliveryrecords), on every replica.
+	if err := historyapi.AddToManager(mgr, historyAPI, store); err != nil {
+		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
