@@ -174,7 +174,7 @@ func runManager(args []string) error {
 		if store, err = history.Open(ctx, dsn, history.Options{}); err != nil {
 			return fmt.Errorf("--history-database %s: %w", history.RedactDSN(dsn), err)
 		}
-		defer store.Close()
+		defer func() { _ = store.Close() }() // on the way out: nothing is left to write
 		ctrl.Log.Info("history store opened", "database", history.RedactDSN(dsn), "engine", store.Engine())
 	} else {
 		ctrl.Log.Info("no history store (--history-database is empty): finished deliveries leave etcd without a record, and events beyond the working set are refused")
