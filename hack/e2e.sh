@@ -294,6 +294,7 @@ done
 ok "ports ${DEV_APISERVER_PORT}, ${DEV_ETCD_PORT}, ${DEV_PROBE_PORT}, ${DEV_HISTORY_API_PORT}, 8090 and 9000 are free again"
 start_dev
 ok "a second make dev is up"
+eventually 60 "the history API answers again after the restart" kubectl get -n "${ns}" "whdr/${failing}"
 expect "the history survived the restart" "$(field "whdr/${signed}" '{.status.phase} {.status.attempts}') $(field "whdr/${failing}" '{.status.phase} {.status.attempts}')" "Succeeded 1 Failed 5"
 
 echo "# kill -9 make dev, then make dev again: it first stops what the killed one left running"
@@ -317,4 +318,5 @@ start_dev
 grep -q '^dev: stopping what a previous run left behind' "${dev_log}" || fail "make dev did not report stopping the previous run's processes"
 [[ -z "$(still_running "${root}/.dev/e2e-pids-killed")" ]] || fail "processes of the killed run still run: $(still_running "${root}/.dev/e2e-pids-killed")"
 ok "make dev after a kill -9 stopped the previous run's processes and came up"
+eventually 60 "the history API answers after the kill -9 and the new start" kubectl get -n "${ns}" "whdr/${failing}"
 expect "the history is still there" "$(field "whdr/${signed}" '{.status.phase}') $(field "whdr/${failing}" '{.status.phase}')" "Succeeded Failed"
