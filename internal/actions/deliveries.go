@@ -66,9 +66,13 @@ const (
 
 // ListDeliveries lists a page of the namespace's deliveries, live and finished alike, newest
 // first, from the history API (webhookdeliveryrecords: one record per delivery, whether it is
-// still in etcd or not). The filters run in the history store (indexed), except Since: records
-// come newest first, so the list stops at the first one created before it. When the history
+// still in etcd or not). The filters run in the history store (indexed), except Since, which
+// the API does not take: a page may then hold fewer than limit. When the history
 // cannot be read, the live WebhookDeliveries are listed instead and HistoryErr says why.
+//
+// Records come in the order they were first written, which is the order deliveries were
+// created but for the odd one archived late (after an operator restart): Since is checked on
+// each record, and the list ends at a page whose records were all created before it.
 func (c *Client) ListDeliveries(ctx context.Context, namespace string, f DeliveryFilter, limit int64, cont string) (*DeliveryPage, error) {
 	if limit <= 0 {
 		limit = DefaultDeliveryPage
@@ -115,10 +119,13 @@ func (c *Client) listRecords(ctx context.Context, namespace string, f DeliveryFi
 	for i := range list.Items {
 		d := fromRecord(&list.Items[i])
 		if !f.Since.IsZero() && d.Created.Before(f.Since) {
-			page.Continue = "" // newest first: the rest is older still
-			break
+			continue
 		}
 		page.Items = append(page.Items, d)
+	}
+	if !f.Since.IsZero() && len(page.Items) == 0 && len(list.Items) > 0 {
+		// A whole page created before Since: the rest, written earlier still, is older too.
+		page.Continue = ""
 	}
 	return page, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -36,6 +38,8 @@ var st *stack.Stack
 // it. Failed deliveries leave etcd 2 s after they are archived, so that retrying one that left
 // is tested against the operator itself.
 func TestMain(m *testing.M) {
+	klog.SetOutput(io.Discard) // the history API's server logs through klog
+	klog.LogToStderr(false)
 	opts := stack.TestOptions()
 	opts.FailedRetention = 2 * time.Second
 	opts.SucceededRetention = time.Hour
@@ -251,8 +255,8 @@ func (f *fixture) waitRecord(t *testing.T, name string, done func(*historyv1alph
 	t.Helper()
 	rec := &historyv1alpha1.WebhookDeliveryRecord{}
 	eventually(t, 45*time.Second, "the record of "+name, func(ctx context.Context) (bool, error) {
-		if err := st.Env.Client.Get(ctx, client.ObjectKey{Namespace: f.ns, Name: name}, rec); err != nil {
-			return false, nil
+		if err := st.Client.Get(ctx, client.ObjectKey{Namespace: f.ns, Name: name}, rec); err != nil {
+			return false, err
 		}
 		return done(rec), nil
 	})

@@ -74,14 +74,7 @@ func TestDeliveries(t *testing.T) {
 	f := newFixture(t)
 	f.endpoint(t, "signed", "/hooks")
 	f.endpoint(t, "failing", "/fail/hooks")
-	var names []string
-	for i := range 4 {
-		names = append(names, f.deliver(t, "signed", fmt.Sprintf("evt-%d", i), []string{"llm.completed", "document.uploaded"}[i%2]))
-	}
-	failed := f.deliver(t, "failing", "evt-failing", "llm.error")
-	f.goneFromEtcd(t, failed)
-	// A record from three hours ago, as the archiver wrote it for a delivery of an earlier
-	// operator: --since leaves it out.
+	// A record from three hours ago, as the archiver wrote it then: --since leaves it out.
 	old := time.Now().Add(-3 * time.Hour).UTC().Truncate(time.Second)
 	oldName := webhooksv1alpha1.DeliveryName("signed", "evt-old")
 	removed := old.Add(time.Minute)
@@ -94,6 +87,12 @@ func TestDeliveries(t *testing.T) {
 		Attempts: []webhooksv1alpha1.Attempt{{Number: 1, Time: metav1.NewTime(old), StatusCode: 200, Result: "Success", Trigger: webhooksv1alpha1.TriggerScheduled}},
 	})
 
+	var names []string
+	for i := range 4 {
+		names = append(names, f.deliver(t, "signed", fmt.Sprintf("evt-%d", i), []string{"llm.completed", "document.uploaded"}[i%2]))
+	}
+	failed := f.deliver(t, "failing", "evt-failing", "llm.error")
+	f.goneFromEtcd(t, failed)
 	all := ok(t, admin(), f.ns, "deliveries")
 	lines := strings.Split(strings.TrimSpace(all.out), "\n")
 	if got := strings.Join(strings.Fields(lines[0]), " "); got != "NAME ENDPOINT EVENT PHASE ATTEMPTS CODE IN ETCD AGE" {
@@ -277,14 +276,7 @@ func TestRetryFailed(t *testing.T) {
 	f := newFixture(t)
 	f.endpoint(t, "failing", "/fail/hooks")
 	f.endpoint(t, "signed", "/hooks")
-	var failed []string
-	for i := range 3 {
-		failed = append(failed, f.deliver(t, "failing", fmt.Sprintf("evt-f-%d", i), "llm.completed"))
-	}
-	other := f.deliver(t, "signed", "evt-ok", "llm.completed")
-	for _, n := range failed {
-		f.goneFromEtcd(t, n)
-	}
+	// A Failed delivery of 5 hours ago, archived then and gone from etcd.
 	old := time.Now().Add(-5 * time.Hour).UTC().Truncate(time.Second)
 	writeRecord(t, history.Record{
 		Namespace: f.ns, Name: webhooksv1alpha1.DeliveryName("failing", "evt-old"), UID: "uid-old-failed", Endpoint: "failing",
@@ -294,6 +286,14 @@ func TestRetryFailed(t *testing.T) {
 		Attempts: []webhooksv1alpha1.Attempt{{Number: 1, Time: metav1.NewTime(old), StatusCode: 500, Result: "HTTPError", Trigger: webhooksv1alpha1.TriggerScheduled}},
 	})
 
+	var failed []string
+	for i := range 3 {
+		failed = append(failed, f.deliver(t, "failing", fmt.Sprintf("evt-f-%d", i), "llm.completed"))
+	}
+	other := f.deliver(t, "signed", "evt-ok", "llm.completed")
+	for _, n := range failed {
+		f.goneFromEtcd(t, n)
+	}
 	r := okRun(t, f.ns, "retry-failed", "failing", "--since", "2h")
 	if !regexp.MustCompile(`webhookendpoint/failing: retried 3 Failed deliveries since \S+ \(0 in etcd, 3 re-created from the history; retry kubectl-\S+\)`).MatchString(r.out) {
 		t.Errorf("retry-failed:\n%s", r.out)
@@ -426,7 +426,7 @@ func TestRBAC(t *testing.T) {
 
 	forbidden := func(r result, verb, resource string) {
 		t.Helper()
-		want := fmt.Sprintf(`Error from server (Forbidden): %s.webhooks.docrouter.ai "`, resource)
+		want := fmt.Sprintf(`Error from server (Forbidden): %s.webhooks.docrouter.ai `, resource)
 		user := fmt.Sprintf(`User "%s" cannot %s resource "%s" in API group "webhooks.docrouter.ai" in the namespace "%s"`, viewer.Name, verb, resource, f.ns)
 		if r.code != 1 || !strings.Contains(r.err, want) || !strings.Contains(r.err, user) {
 			t.Errorf("want exit 1 and the API server's sentence %q, got %d: %s", user, r.code, r.err)

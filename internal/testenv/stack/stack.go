@@ -23,6 +23,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -30,6 +31,7 @@ import (
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -53,8 +55,10 @@ const (
 
 // Stack is the running operator and its control plane.
 type Stack struct {
-	Env   *testenv.Env
-	Store history.Store
+	Env *testenv.Env
+	// Client is a cluster administrator's client that also knows the history API's kinds.
+	Client client.Client
+	Store  history.Store
 	// Operator are the controllers' options the stack runs with.
 	Operator controllers.Options
 
@@ -88,6 +92,12 @@ func Start(opts Options) (*Stack, error) {
 	s := &Stack{Env: env, Operator: TestOptions()}
 	if opts.Operator != nil {
 		s.Operator = *opts.Operator
+	}
+	scheme := testenv.NewScheme()
+	utilruntime.Must(historyv1alpha1.AddToScheme(scheme))
+	if s.Client, err = client.New(env.Config, client.Options{Scheme: scheme}); err != nil {
+		_ = env.Stop()
+		return nil, err
 	}
 	if err := s.start(); err != nil {
 		_ = s.Stop()
