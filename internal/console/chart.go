@@ -102,6 +102,13 @@ func frame(win *historyv1alpha1.StatsWindow, title string, loc *time.Location) *
 		return c
 	}
 	c.XTicks = timeTicks(start, end, loc)
+	// The right edge is now: say so, unless a tick's label is already there.
+	if n := len(c.XTicks); n == 0 || plotRight-c.XTicks[n-1].Pos > 34 {
+		c.XTicks = append(c.XTicks, Tick{Pos: plotRight, Label: "now"})
+	}
+	if zone, _ := end.In(loc).Zone(); zone != "" {
+		c.Sub += ", " + zone
+	}
 	return c
 }
 
@@ -174,7 +181,9 @@ func successChart(win *historyv1alpha1.StatsWindow, loc *time.Location) *Chart {
 	if win == nil {
 		return c
 	}
-	c.Headline = pctText(win.SuccessRate)
+	if win.SuccessRate != nil {
+		c.Headline = pctText(win.SuccessRate)
+	}
 	step := time.Duration(win.SeriesStepSeconds) * time.Second
 	var d strings.Builder
 	open := false
@@ -218,8 +227,11 @@ func successChart(win *historyv1alpha1.StatsWindow, loc *time.Location) *Chart {
 // axis whose top is a round number above the highest p95.
 func latencyChart(win *historyv1alpha1.StatsWindow, loc *time.Location) *Chart {
 	c := frame(win, "Latency of attempts (ms)", loc)
-	if win == nil {
+	if win == nil || win.Latency.P95Milliseconds == 0 && win.Latency.P50Milliseconds == 0 && !hasAttempts(win) {
 		c.YTicks = yTicks([]float64{0}, 1, func(float64) string { return "0" })
+		if win != nil {
+			c.Empty = "No attempt in the last " + windowWords(win.Window)
+		}
 		return c
 	}
 	if win.Latency.P95Milliseconds > 0 {
@@ -273,6 +285,15 @@ func latencyChart(win *historyv1alpha1.StatsWindow, loc *time.Location) *Chart {
 		{Class: "p50", D: strings.TrimSpace(p50.String()), Name: "p50", NameX: round1(lastX + 8), NameY: round1(n50 + 4)},
 	}
 	return c
+}
+
+func hasAttempts(win *historyv1alpha1.StatsWindow) bool {
+	for _, p := range win.Series {
+		if p.Attempts > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // yTicks are the y axis's marks at values, on an axis from 0 to top.

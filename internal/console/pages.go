@@ -43,11 +43,11 @@ func endpointStatus(ep *actions.Endpoint) Status {
 	case ready.Status == metav1.ConditionTrue && ep.Status.FailingSince != nil:
 		return Status{"Failing", "warn", fmt.Sprintf("Every attempt since %s failed (%d in a row).", absTime(ep.Status.FailingSince.Time), ep.Status.ConsecutiveFailures)}
 	case ready.Status == metav1.ConditionTrue:
-		return Status{"Ready", "ok", ready.Message}
+		return Status{"Ready", "ok", sentenceCase(ready.Message)}
 	case ready.Status == metav1.ConditionFalse:
-		return Status{ready.Reason, "bad", ready.Message}
+		return Status{ready.Reason, "bad", sentenceCase(ready.Message)}
 	}
-	return Status{"Pending", "muted", ready.Message}
+	return Status{"Pending", "muted", sentenceCase(ready.Message)}
 }
 
 // endpointView is an endpoint as the endpoints page and its own page show it.
@@ -160,9 +160,9 @@ type setting struct {
 func settingsOf(ep *webhooksv1alpha1.WebhookEndpoint) (policy, auth []setting) {
 	rp := ep.Spec.RetryPolicy
 	policy = []setting{
-		{Name: "Timeout", Value: ep.Spec.GetTimeout().String() + " per attempt"},
+		{Name: "Timeout", Value: durationText(ep.Spec.GetTimeout()) + " per attempt"},
 		{Name: "Retries", Value: fmt.Sprintf("%d after the first attempt", rp.GetMaxRetries())},
-		{Name: "Backoff", Value: fmt.Sprintf("%s, ×%d each retry, at most %s, +%d%% jitter", rp.GetInitialDelay(), rp.GetBackoffFactor(), rp.GetMaxDelay(), rp.GetJitterPercent())},
+		{Name: "Backoff", Value: fmt.Sprintf("first after %s, then ×%d each time, at most %s apart, +%d%% jitter", durationText(rp.GetInitialDelay()), rp.GetBackoffFactor(), durationText(rp.GetMaxDelay()), rp.GetJitterPercent())},
 	}
 	switch {
 	case ep.Spec.SigningSecretRef != nil:
@@ -330,11 +330,11 @@ func (s *Server) deliveryPage(w http.ResponseWriter, r *http.Request, ss *sessio
 	data := struct {
 		*actions.DeliveryDetail
 		Pretty       string
-		Attempts     []webhooksv1alpha1.Attempt
+		Rows         []webhooksv1alpha1.Attempt
 		Token        string
 		EndpointPath string
 		Waiting      bool
-	}{DeliveryDetail: d, Attempts: attempts, EndpointPath: nsPath(ns, "endpoints", d.Endpoint)}
+	}{DeliveryDetail: d, Rows: attempts, EndpointPath: nsPath(ns, "endpoints", d.Endpoint)}
 	var pretty bytes.Buffer
 	if d.PayloadErr == nil && json.Indent(&pretty, d.Payload, "", "  ") == nil {
 		data.Pretty = pretty.String()
@@ -365,7 +365,7 @@ func (s *Server) testEndpoint(w http.ResponseWriter, r *http.Request, ss *sessio
 	defer cancel()
 	delivery, err := s.opts.Actions.Test(ctx, ns, name, actions.NewToken("console", s.opts.Now()))
 	if err != nil {
-		s.flash(w, r, ss, back(r, nsPath(ns, "endpoints", name)), Flash{Kind: "error", Text: "Test webhook: " + actions.Sentence(err)})
+		s.flash(w, r, ss, back(r, nsPath(ns, "endpoints", name)), Flash{Kind: "error", Text: refused("Test webhook", err)})
 		return
 	}
 	to := nsPath(ns, "deliveries", delivery) + "?" + url.Values{"awaiting": {"test"}, "at": {fmt.Sprint(s.opts.Now().Unix())}}.Encode()
@@ -383,7 +383,7 @@ func (s *Server) pauseEndpoint(pause bool) func(http.ResponseWriter, *http.Reque
 			verb = "Pause"
 		}
 		if err := s.opts.Actions.SetPaused(ctx, ns, name, pause); err != nil {
-			s.flash(w, r, ss, to, Flash{Kind: "error", Text: verb + ": " + actions.Sentence(err)})
+			s.flash(w, r, ss, to, Flash{Kind: "error", Text: refused(verb, err)})
 			return
 		}
 		text := name + " is paused: its deliveries wait, none is dropped, until you resume it."
@@ -400,7 +400,7 @@ func (s *Server) enableEndpoint(w http.ResponseWriter, r *http.Request, ss *sess
 	defer cancel()
 	to := back(r, nsPath(ns, "endpoints", name))
 	if err := s.opts.Actions.Enable(ctx, ns, name, actions.NewToken("console", s.opts.Now())); err != nil {
-		s.flash(w, r, ss, to, Flash{Kind: "error", Text: "Re-enable: " + actions.Sentence(err)})
+		s.flash(w, r, ss, to, Flash{Kind: "error", Text: refused("Re-enable", err)})
 		return
 	}
 	s.flash(w, r, ss, to, Flash{Kind: "success", Text: name + " is re-enabled: its parked deliveries resume."})
@@ -418,7 +418,7 @@ func (s *Server) retryDelivery(w http.ResponseWriter, r *http.Request, ss *sessi
 	page := nsPath(ns, "deliveries", name)
 	outcome, err := s.opts.Actions.Retry(ctx, ns, name, token)
 	if err != nil {
-		s.flash(w, r, ss, back(r, page), Flash{Kind: "error", Text: "Retry: " + actions.Sentence(err)})
+		s.flash(w, r, ss, back(r, page), Flash{Kind: "error", Text: refused("Retry", err)})
 		return
 	}
 	text := "Retry requested: the operator makes one more attempt now."
@@ -445,7 +445,7 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request, ss *session
 	res, err := s.opts.Actions.RetryFailed(ctx, ns, name, from, actions.NewToken("console", s.opts.Now()), actions.DefaultRetryFailedMax)
 	to := back(r, nsPath(ns, "endpoints", name))
 	if err != nil {
-		s.flash(w, r, ss, to, Flash{Kind: "error", Text: "Retry failed: " + actions.Sentence(err)})
+		s.flash(w, r, ss, to, Flash{Kind: "error", Text: refused("Retry failed", err)})
 		return
 	}
 	f := Flash{Kind: "success", Link: nsPath(ns, "deliveries") + "?" + url.Values{"endpoint": {name}, "since": {since}}.Encode(), LinkText: "See them"}
@@ -462,4 +462,37 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request, ss *session
 		}
 	}
 	s.flash(w, r, ss, to, f)
+}
+
+// refused says that an action did not happen and why: the API server's answer as it put it.
+func refused(action string, err error) string {
+	var status apierrors.APIStatus
+	if errors.As(err, &status) {
+		return action + " was refused: " + actions.Sentence(err)
+	}
+	return action + " did not happen: " + actions.Sentence(err)
+}
+
+// sentenceCase starts a condition's message with a capital, as a sentence on a page.
+func sentenceCase(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// durationText writes a policy's duration as people write it: 30s, 4h, 1h30m.
+func durationText(d time.Duration) string {
+	h, m, sec := d/time.Hour, d%time.Hour/time.Minute, d%time.Minute/time.Second
+	var b strings.Builder
+	if h > 0 {
+		fmt.Fprintf(&b, "%dh", h)
+	}
+	if m > 0 {
+		fmt.Fprintf(&b, "%dm", m)
+	}
+	if sec > 0 || b.Len() == 0 {
+		fmt.Fprintf(&b, "%ds", sec)
+	}
+	return b.String()
 }

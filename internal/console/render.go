@@ -141,6 +141,29 @@ var funcs = template.FuncMap{
 	"query":     func(v url.Values) string { return v.Encode() },
 	"add":       func(a, b int) int { return a + b },
 	"firstLine": func(s string) string { return strings.SplitN(s, "\n", 2)[0] },
+	"took":      tookText,
+	"event":     eventLabel,
+}
+
+// tookText is an attempt's duration: an attempt that was made took something, if under 1 ms.
+func tookText(ms int64) string {
+	if ms <= 0 {
+		return "< 1 ms"
+	}
+	return msText(ms)
+}
+
+// eventLabel names an endpoint's event type selection for a chip.
+func eventLabel(t string) string {
+	switch t {
+	case "*":
+		return "all events"
+	case "document.*":
+		return "document.* (all document events)"
+	case "llm.*":
+		return "llm.* (all LLM events)"
+	}
+	return t
 }
 
 // agoText is how long ago t was, in words a table reads quickly: "3m ago".
@@ -225,9 +248,10 @@ func codeText(c int32) string {
 	return strconv.Itoa(int(c))
 }
 
-// phaseClass is the badge colour of a delivery phase or an attempt result.
-func phaseClass(p string) string {
-	switch p {
+// phaseClass is the badge colour of a delivery phase or an attempt result (strings or their
+// API types).
+func phaseClass(p any) string {
+	switch fmt.Sprint(p) {
 	case "Succeeded", "Success":
 		return "ok"
 	case "Failed", "HTTPError", "Timeout", "NetworkError", "Blocked":

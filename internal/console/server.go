@@ -83,8 +83,8 @@ func New(opts Options, addr net.Addr) (*Server, error) {
 	if !ok {
 		return nil, fmt.Errorf("the console serves TCP, not %s", addr.Network())
 	}
-	s := &Server{opts: opts, sessions: newSessions(opts.Now), pages: p, hosts: map[string]bool{}}
 	port := fmt.Sprint(tcp.Port)
+	s := &Server{opts: opts, sessions: newSessions(cookiePrefix+port, opts.Now), pages: p, hosts: map[string]bool{}}
 	host := tcp.IP.String()
 	switch {
 	case tcp.IP.IsLoopback():
@@ -185,7 +185,9 @@ func (s *Server) secured(next http.Handler) http.Handler {
 		h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("X-Frame-Options", "DENY")
-		h.Set("Referrer-Policy", "no-referrer")
+		// same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on form
+		// posts, and the origin check needs the real one; other sites get no referrer either way.
+		h.Set("Referrer-Policy", "same-origin")
 		h.Set("Cross-Origin-Opener-Policy", "same-origin")
 		h.Set("Cross-Origin-Resource-Policy", "same-origin")
 		if !strings.HasPrefix(r.URL.Path, "/static/") {
@@ -271,7 +273,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 			"Each link the console prints signs in one browser, once, so that nobody else on this machine can act with your credentials. To sign in another browser, stop the console (Ctrl-C) and start it again for a new link.")
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: ss.id, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	http.SetCookie(w, &http.Cookie{Name: s.sessions.cookie, Value: ss.id, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 

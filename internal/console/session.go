@@ -21,8 +21,11 @@ import (
 //   - Every request names the console's own host (a DNS-rebinding page names its own).
 
 const (
-	sessionCookie = "webhooks_console_session"
-	csrfField     = "csrf"
+	// cookiePrefix names the session cookie, followed by the console's port: browsers do not
+	// keep cookies apart by port, so two consoles on one machine would otherwise sign each
+	// other's browser out.
+	cookiePrefix = "webhooks_console_"
+	csrfField    = "csrf"
 	// maxSessions bounds the sessions kept (each sign-in link opens one).
 	maxSessions = 16
 )
@@ -47,14 +50,15 @@ type Flash struct {
 }
 
 type sessions struct {
+	cookie  string
 	mu      sync.Mutex
 	byID    map[string]*session
 	pending map[string]time.Time // one-time sign-in codes
 	now     func() time.Time
 }
 
-func newSessions(now func() time.Time) *sessions {
-	return &sessions{byID: map[string]*session{}, pending: map[string]time.Time{}, now: now}
+func newSessions(cookie string, now func() time.Time) *sessions {
+	return &sessions{cookie: cookie, byID: map[string]*session{}, pending: map[string]time.Time{}, now: now}
 }
 
 // loginTTL bounds how long a printed sign-in link can be used.
@@ -100,7 +104,7 @@ func (s *sessions) redeem(code string) *session {
 
 // lookup returns the session of the request's cookie, or nil.
 func (s *sessions) lookup(r *http.Request) *session {
-	c, err := r.Cookie(sessionCookie)
+	c, err := r.Cookie(s.cookie)
 	if err != nil || c.Value == "" {
 		return nil
 	}

@@ -237,9 +237,10 @@ type User struct {
 	Kubeconfig string
 }
 
-// NewUser makes a user and writes their kubeconfig (context "envtest", no namespace) into dir.
-func (s *Stack) NewUser(name, dir string) (*User, error) {
-	u, err := s.Env.Environment().AddUser(envtest.User{Name: name}, nil)
+// NewUser makes a user in groups (system:masters: a cluster administrator) and writes their
+// kubeconfig into dir.
+func (s *Stack) NewUser(name, dir string, groups ...string) (*User, error) {
+	u, err := s.Env.Environment().AddUser(envtest.User{Name: name, Groups: groups}, nil)
 	if err != nil {
 		return nil, err
 	}
