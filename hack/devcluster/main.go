@@ -132,6 +132,10 @@ func run() error {
 		if err == nil {
 			fmt.Printf("devcluster: history API registered: %s -> https://localhost:%d (Service %s/%s)\n", "history.webhooks.docrouter.ai", historyPort, historyNamespace, historyService)
 		}
+	} else if err == nil {
+		// No history API this time: an APIService left from an earlier run would make every
+		// kubectl command warn.
+		err = aggregation.Unregister(ctx, user.Config())
 	}
 	if err != nil {
 		_ = env.Stop()

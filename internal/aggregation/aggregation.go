@@ -173,3 +173,17 @@ func APIService(namespace, service string, port int32, caBundle []byte) *unstruc
 	}}
 	return u
 }
+
+// Unregister deletes the history API's APIService, if there is one: an APIService whose server
+// is gone makes every kubectl command warn (the local stack keeps etcd's data across runs).
+func Unregister(ctx context.Context, cfg *rest.Config) error {
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	err = dyn.Resource(APIServiceGVR).Delete(ctx, historyv1alpha1.APIServiceName, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting APIService %s: %w", historyv1alpha1.APIServiceName, err)
+	}
+	return nil
+}

@@ -45,14 +45,14 @@ func Open(ctx context.Context, dsn string, opts Options) (Store, error) {
 	return nil, fmt.Errorf("history: the history database %q is neither sqlite:///path/to/history.db nor a postgres:// URL", RedactDSN(dsn))
 }
 
-// RedactDSN returns dsn fit for logs: the password of a PostgreSQL URL, in its user info or
-// its query, is replaced by xxxxx.
+// RedactDSN returns dsn fit for logs: the password of a URL, in its user info or its
+// query, is replaced by xxxxx; a DSN that is not a URL and mentions a password is hidden.
 func RedactDSN(dsn string) string {
-	if !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://") {
-		if strings.HasPrefix(dsn, "sqlite://") {
-			return dsn
-		}
-		// Not a URL we know: it might be a key=value string with a password in it.
+	if strings.HasPrefix(dsn, "sqlite://") {
+		return dsn
+	}
+	scheme, _, isURL := strings.Cut(dsn, "://")
+	if !isURL {
 		if strings.Contains(strings.ToLower(dsn), "password") {
 			return "(a database DSN, hidden: it holds a password)"
 		}
@@ -60,7 +60,7 @@ func RedactDSN(dsn string) string {
 	}
 	u, err := url.Parse(dsn)
 	if err != nil {
-		return strings.SplitN(dsn, "://", 2)[0] + "://(a URL that does not parse, hidden)"
+		return scheme + "://(a URL that does not parse, hidden)"
 	}
 	if q := u.Query(); q.Has("password") {
 		q.Set("password", "xxxxx")
@@ -105,7 +105,7 @@ func scrub(err error, secret string) error {
 // deletes WebhookDeliveries from etcd once they are in the store.
 const (
 	sqliteWriteParams = "_txlock=immediate&_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)" +
-		"&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)&_pragma=cache_size(-16384)"
+		"&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)&_pragma=cache_size(-16384)&_pragma=wal_autocheckpoint(8192)"
 	sqliteReadParams = "_pragma=busy_timeout(10000)&_pragma=query_only(1)&_pragma=foreign_keys(1)" +
 		"&_pragma=cache_size(-16384)"
 	sqliteReaders = 4
@@ -151,7 +151,12 @@ func openSQLite(ctx context.Context, path string, now func() time.Time) (Store, 
 		_ = read.Close()
 		return nil, fmt.Errorf("history: cannot open the SQLite history database %s for reading: %w", path, err)
 	}
-	return &sqlStore{d: sqliteDialect, write: write, read: read, now: now}, nil
+	s := &sqlStore{d: sqliteDialect, where: "the SQLite history database " + path, write: write, read: read, now: now}
+	if err := s.prepareWrites(ctx); err != nil {
+		_ = s.Close()
+		return nil, fmt.Errorf("history: cannot prepare the statements of the SQLite history database %s: %w", path, err)
+	}
+	return s, nil
 }
 
 // PostgreSQL goes through database/sql with pgx's stdlib driver rather than pgxpool: both
@@ -192,7 +197,8 @@ func openPostgres(ctx context.Context, dsn string, now func() time.Time) (Store,
 		return nil, fmt.Errorf("history: cannot bring the history database at %s (database %q) to the current schema: %w",
 			addr, cfg.Database, scrub(err, password))
 	}
-	return &sqlStore{d: postgresDialect, write: db, read: db, now: now}, nil
+	where := fmt.Sprintf("the history database at %s (database %q)", addr, cfg.Database)
+	return &sqlStore{d: postgresDialect, where: where, write: db, read: db, now: now}, nil
 }
 
 // The schema of each engine: versioned goose SQL files, embedded in the binary.

@@ -9,10 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"k8s.io/apimachinery/pkg/types"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
@@ -33,6 +35,10 @@ type dialect struct {
 	lockRevision string
 	// readTx are the options of read transactions that read more than one statement (List).
 	readTx *sql.TxOptions
+	// lockBacklog, when set, serialises Enqueue per namespace until the transaction ends:
+	// replicas that enqueue the same names in different orders would otherwise deadlock on
+	// the backlog's unique index (SQLite's one writer needs nothing).
+	lockBacklog string
 }
 
 var (
@@ -45,9 +51,28 @@ var (
 		dollar:       true,
 		lockRevision: "SELECT revision FROM history_meta WHERE id = 1 FOR UPDATE",
 		// One snapshot for a page and the revision it reports.
-		readTx: &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true},
+		readTx:      &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true},
+		lockBacklog: "SELECT pg_advisory_xact_lock(7231, hashtext($1))",
 	}
 )
+
+// byNames selects cols of the rows of table in one namespace whose names are in a JSON array:
+// its arguments are the array, then the namespace. Each name is one probe of the primary key
+// (namespace, name) whatever the planner's statistics say: in PostgreSQL through a LATERAL
+// subquery that LIMIT keeps from being flattened into a join (a freshly filled table without
+// statistics otherwise got a scan of the whole namespace); SQLite probes an IN list by index.
+func (d dialect) byNames(table, cols string) string {
+	if d.dollar {
+		return d.q("SELECT r.* FROM json_array_elements_text(?::json) AS k(name) CROSS JOIN LATERAL " +
+			"(SELECT " + cols + " FROM " + table + " WHERE namespace = ? AND name = k.name LIMIT 1) AS r")
+	}
+	return "SELECT " + cols + " FROM " + table + " WHERE name IN (SELECT value FROM json_each(?)) AND namespace = ?"
+}
+
+func namesJSON(names []string) string {
+	b, _ := json.Marshal(names)
+	return string(b)
+}
 
 // q rewrites a query written with ? placeholders for the engine.
 func (d dialect) q(query string) string {
@@ -72,6 +97,8 @@ func (d dialect) q(query string) string {
 // sqlStore is the Store of both engines.
 type sqlStore struct {
 	d dialect
+	// where names the database in errors, without credentials.
+	where string
 	// write runs the write transactions. For SQLite it holds one connection, so writes queue
 	// in Go instead of failing with SQLITE_BUSY; for PostgreSQL it is the pool.
 	write *sql.DB
@@ -79,13 +106,56 @@ type sqlStore struct {
 	// the writer writes); the pool again for PostgreSQL.
 	read *sql.DB
 	now  func() time.Time
+
+	// stmts are the write statements that SQLite would otherwise parse at every call (a
+	// multi-row INSERT of 2,400 values per chunk), prepared once at Open on the write
+	// connection; read-only afterwards. PostgreSQL has none: pgx caches the statements of each
+	// connection itself.
+	stmts map[string]*sql.Stmt
 }
 
 var _ Store = (*sqlStore)(nil)
 
+// prepareWrites prepares the statements of every Write, for the whole chunks. It runs before
+// the store is used: the write pool of SQLite has one connection, which a transaction holds.
+func (s *sqlStore) prepareWrites(ctx context.Context) error {
+	s.stmts = map[string]*sql.Stmt{}
+	for _, q := range []string{
+		s.d.lockRevision, setRevisionQuery, s.d.byNames("records", loadStatesColumns),
+		upsertRecordsQuery(rowsPerInsert), insertAttemptsQuery(rowsPerInsert), addRollupsQuery(rowsPerInsert),
+	} {
+		q = s.d.q(q)
+		st, err := s.write.PrepareContext(ctx, q)
+		if err != nil {
+			return fmt.Errorf("preparing %.40q: %w", q, err)
+		}
+		s.stmts[q] = st
+	}
+	return nil
+}
+
+// exec runs a write statement of tx, prepared when it is one of stmts.
+func (s *sqlStore) exec(ctx context.Context, tx *sql.Tx, query string, args ...any) (sql.Result, error) {
+	if st := s.stmts[query]; st != nil {
+		return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return tx.ExecContext(ctx, query, args...)
+}
+
+// query is exec for statements that return rows.
+func (s *sqlStore) query(ctx context.Context, tx *sql.Tx, query string, args ...any) (*sql.Rows, error) {
+	if st := s.stmts[query]; st != nil {
+		return tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+	}
+	return tx.QueryContext(ctx, query, args...)
+}
+
 func (s *sqlStore) Engine() string { return s.d.engine }
 
 func (s *sqlStore) Close() error {
+	for _, st := range s.stmts {
+		_ = st.Close()
+	}
 	err := s.write.Close()
 	if s.read != s.write {
 		err = errors.Join(err, s.read.Close())
@@ -95,11 +165,11 @@ func (s *sqlStore) Close() error {
 
 func (s *sqlStore) Ping(ctx context.Context) error {
 	if err := s.write.PingContext(ctx); err != nil {
-		return fmt.Errorf("history: the %s store does not answer: %w", s.d.engine, err)
+		return fmt.Errorf("history: %s does not answer: %w", s.where, err)
 	}
 	if s.read != s.write {
 		if err := s.read.PingContext(ctx); err != nil {
-			return fmt.Errorf("history: the %s store does not answer: %w", s.d.engine, err)
+			return fmt.Errorf("history: %s does not answer: %w", s.where, err)
 		}
 	}
 	return nil
@@ -134,6 +204,16 @@ func (s *sqlStore) inRead(ctx context.Context, fn func(tx *sql.Tx) error) error 
 	return fn(tx)
 }
 
+// maxTries bounds the runs of a transaction that PostgreSQL aborted (see retryable).
+const maxTries = 5
+
+// retryable reports a PostgreSQL deadlock or serialisation failure: the transaction was
+// aborted and can run again.
+func retryable(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && (pg.Code == "40P01" || pg.Code == "40001")
+}
+
 func ignoreDone(err error) error {
 	if errors.Is(err, sql.ErrTxDone) {
 		return nil
@@ -144,14 +224,24 @@ func ignoreDone(err error) error {
 // lockRevision returns the store's revision, locked until tx ends.
 func (s *sqlStore) lockRevision(ctx context.Context, tx *sql.Tx) (int64, error) {
 	var rev int64
-	if err := tx.QueryRowContext(ctx, s.d.lockRevision).Scan(&rev); err != nil {
+	rows, err := s.query(ctx, tx, s.d.lockRevision)
+	if err != nil {
+		return 0, fmt.Errorf("reading the store's revision: %w", err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		return 0, fmt.Errorf("reading the store's revision: %w", errors.Join(rows.Err(), errors.New("history_meta has no row")))
+	}
+	if err := rows.Scan(&rev); err != nil {
 		return 0, fmt.Errorf("reading the store's revision: %w", err)
 	}
 	return rev, nil
 }
 
+const setRevisionQuery = "UPDATE history_meta SET revision = ? WHERE id = 1"
+
 func (s *sqlStore) setRevision(ctx context.Context, tx *sql.Tx, rev int64) error {
-	_, err := tx.ExecContext(ctx, s.d.q("UPDATE history_meta SET revision = ? WHERE id = 1"), rev)
+	_, err := s.exec(ctx, tx, s.d.q(setRevisionQuery), rev)
 	return err
 }
 
@@ -422,18 +512,14 @@ func (s *sqlStore) write1(ctx context.Context, tx *sql.Tx, rows []*recordRow) er
 	return nil
 }
 
+const loadStatesColumns = "name, uid, phase, attempt_count, removed_time, digest"
+
 // loadStates reads what Write needs of the stored records among keys.
 func (s *sqlStore) loadStates(ctx context.Context, tx *sql.Tx, keys []Key) (map[Key]storedState, error) {
 	out := make(map[Key]storedState, len(keys))
 	err := forKeysByNamespace(keys, func(ns string, names []string) error {
-		args := make([]any, 0, len(names)+1)
-		args = append(args, ns)
-		for _, n := range names {
-			args = append(args, n)
-		}
-		rows, err := tx.QueryContext(ctx, s.d.q(
-			"SELECT name, uid, phase, attempt_count, removed_time, digest FROM records WHERE namespace = ? AND name IN "+placeholders(len(names))),
-			args...)
+		rows, err := s.query(ctx, tx, s.d.byNames("records", loadStatesColumns),
+			namesJSON(names), ns)
 		if err != nil {
 			return fmt.Errorf("reading stored records: %w", err)
 		}
@@ -489,6 +575,11 @@ var recordUpsertSet = func() string {
 	return strings.Join(set, ", ")
 }()
 
+func upsertRecordsQuery(rows int) string {
+	return "INSERT INTO records (" + recordInsertColumns + ") VALUES " + valuesList(rows, recordInsertCount) +
+		" ON CONFLICT (namespace, name) DO UPDATE SET " + recordUpsertSet
+}
+
 func (s *sqlStore) upsertRecords(ctx context.Context, tx *sql.Tx, rows []*recordRow) error {
 	return chunks(len(rows), rowsPerInsert, func(lo, hi int) error {
 		args := make([]any, 0, (hi-lo)*recordInsertCount)
@@ -500,9 +591,7 @@ func (s *sqlStore) upsertRecords(ctx context.Context, tx *sql.Tx, rows []*record
 				microPtr(r.LastAttemptTime), microPtr(r.NextAttemptTime), microPtr(r.CompletionTime), row.removed,
 				row.revision, row.revision, row.digest)
 		}
-		query := "INSERT INTO records (" + recordInsertColumns + ") VALUES " + valuesList(hi-lo, recordInsertCount) +
-			" ON CONFLICT (namespace, name) DO UPDATE SET " + recordUpsertSet
-		if _, err := tx.ExecContext(ctx, s.d.q(query), args...); err != nil {
+		if _, err := s.exec(ctx, tx, s.d.q(upsertRecordsQuery(hi-lo)), args...); err != nil {
 			return fmt.Errorf("upserting records: %w", err)
 		}
 		return nil
@@ -513,6 +602,13 @@ type attemptKey struct {
 	uid    string
 	number int32
 }
+
+func insertAttemptsQuery(rows int) string {
+	return "INSERT INTO attempts (delivery_uid, number, namespace, name, attempt_time, status_code, duration_ms, result, error, attempt_trigger) VALUES " +
+		valuesList(rows, attemptColumnCount) + " ON CONFLICT (namespace, name, delivery_uid, number) DO NOTHING RETURNING delivery_uid, number"
+}
+
+const attemptColumnCount = 10
 
 // insertAttempts inserts the attempts not stored yet and returns those it inserted.
 func (s *sqlStore) insertAttempts(ctx context.Context, tx *sql.Tx, rows []*recordRow) (map[attemptKey]bool, error) {
@@ -533,17 +629,14 @@ func (s *sqlStore) insertAttempts(ctx context.Context, tx *sql.Tx, rows []*recor
 		}
 	}
 	inserted := make(map[attemptKey]bool, len(items))
-	const cols = 10
 	err := chunks(len(items), rowsPerInsert, func(lo, hi int) error {
-		args := make([]any, 0, (hi-lo)*cols)
+		args := make([]any, 0, (hi-lo)*attemptColumnCount)
 		for _, it := range items[lo:hi] {
 			a := it.a.a
 			args = append(args, it.a.uid, a.Number, it.row.rec.Namespace, it.row.rec.Name, micro(a.Time.Time),
 				a.StatusCode, a.DurationMilliseconds, a.Result, a.Error, string(a.Trigger))
 		}
-		rs, err := tx.QueryContext(ctx, s.d.q(
-			"INSERT INTO attempts (delivery_uid, number, namespace, name, attempt_time, status_code, duration_ms, result, error, attempt_trigger) VALUES "+
-				valuesList(hi-lo, cols)+" ON CONFLICT (delivery_uid, number) DO NOTHING RETURNING delivery_uid, number"), args...)
+		rs, err := s.query(ctx, tx, s.d.q(insertAttemptsQuery(hi-lo)), args...)
 		if err != nil {
 			return fmt.Errorf("inserting attempts: %w", err)
 		}
@@ -577,6 +670,11 @@ var rollupUpsertSet = func() string {
 	return strings.Join(set, ", ")
 }()
 
+func addRollupsQuery(rows int) string {
+	return "INSERT INTO rollups (" + rollupColumns + ") VALUES " + valuesList(rows, rollupColumnCount) +
+		" ON CONFLICT (namespace, endpoint, minute) DO UPDATE SET " + rollupUpsertSet
+}
+
 func (s *sqlStore) addRollups(ctx context.Context, tx *sql.Tx, rollups map[rollupKey]*rollup) error {
 	keys := make([]rollupKey, 0, len(rollups))
 	for k := range rollups {
@@ -594,9 +692,7 @@ func (s *sqlStore) addRollups(ctx context.Context, tx *sql.Tx, rollups map[rollu
 				args = append(args, v)
 			}
 		}
-		query := "INSERT INTO rollups (" + rollupColumns + ") VALUES " + valuesList(hi-lo, rollupColumnCount) +
-			" ON CONFLICT (namespace, endpoint, minute) DO UPDATE SET " + rollupUpsertSet
-		if _, err := tx.ExecContext(ctx, s.d.q(query), args...); err != nil {
+		if _, err := s.exec(ctx, tx, s.d.q(addRollupsQuery(hi-lo)), args...); err != nil {
 			return fmt.Errorf("adding to the rollups: %w", err)
 		}
 		return nil
@@ -700,18 +796,19 @@ func decodeContinue(token string) (int64, error) {
 // so records written meanwhile (which get higher seqs) neither shift nor repeat later pages.
 // Each filter walks an index that holds it and seq (see the migrations); EventType and Since
 // are applied on that walk.
-func (s *sqlStore) List(ctx context.Context, opts ListOptions) (*Page, error) {
+// listQuery is the query of List (with ? placeholders), its arguments and the page size.
+func listQuery(opts ListOptions) (string, []any, int, error) {
 	limit := opts.Limit
 	switch {
 	case limit < 0:
-		return nil, fmt.Errorf("history: the page size %d is negative", limit)
+		return "", nil, 0, fmt.Errorf("history: the page size %d is negative", limit)
 	case limit == 0:
 		limit = DefaultPageSize
 	case limit > MaxPageSize:
 		limit = MaxPageSize
 	}
 	if opts.Phase != "" && !validPhase(opts.Phase) {
-		return nil, fmt.Errorf("history: cannot list by the unknown phase %q (Pending, Retrying, Succeeded or Failed)", opts.Phase)
+		return "", nil, 0, fmt.Errorf("history: cannot list by the unknown phase %q (Pending, Retrying, Succeeded or Failed)", opts.Phase)
 	}
 	var where []string
 	var args []any
@@ -740,7 +837,7 @@ func (s *sqlStore) List(ctx context.Context, opts ListOptions) (*Page, error) {
 	if opts.Continue != "" {
 		seq, err := decodeContinue(opts.Continue)
 		if err != nil {
-			return nil, err
+			return "", nil, 0, err
 		}
 		add("seq < ?", seq)
 	}
@@ -751,8 +848,16 @@ func (s *sqlStore) List(ctx context.Context, opts ListOptions) (*Page, error) {
 	query += " ORDER BY seq DESC LIMIT ?"
 	args = append(args, limit+1)
 
+	return query, args, limit, nil
+}
+
+func (s *sqlStore) List(ctx context.Context, opts ListOptions) (*Page, error) {
+	query, args, limit, err := listQuery(opts)
+	if err != nil {
+		return nil, err
+	}
 	page := &Page{}
-	err := s.inRead(ctx, func(tx *sql.Tx) error {
+	err = s.inRead(ctx, func(tx *sql.Tx) error {
 		if err := tx.QueryRowContext(ctx, "SELECT revision FROM history_meta WHERE id = 1").Scan(&page.Revision); err != nil {
 			return err
 		}
@@ -836,12 +941,7 @@ func (s *sqlStore) Archived(ctx context.Context, checks []ArchiveCheck) (map[typ
 	}
 	stored := map[Key]state{}
 	err := forKeysByNamespace(keys, func(ns string, names []string) error {
-		args := []any{ns}
-		for _, n := range names {
-			args = append(args, n)
-		}
-		rows, err := s.read.QueryContext(ctx, s.d.q(
-			"SELECT name, uid, phase, attempt_count FROM records WHERE namespace = ? AND name IN "+placeholders(len(names))), args...)
+		rows, err := s.read.QueryContext(ctx, s.d.byNames("records", "name, uid, phase, attempt_count"), namesJSON(names), ns)
 		if err != nil {
 			return err
 		}
@@ -909,32 +1009,26 @@ func (s *sqlStore) MarkRemoved(ctx context.Context, keys []Key, at time.Time) er
 func (s *sqlStore) Known(ctx context.Context, namespace string, names []string) (map[string]bool, error) {
 	out := make(map[string]bool, len(names))
 	err := chunks(len(names), keysPerIn, func(lo, hi int) error {
-		part := names[lo:hi]
-		args := make([]any, 0, 2*len(part)+2)
-		args = append(args, namespace)
-		for _, n := range part {
-			args = append(args, n)
-		}
-		args = append(args, namespace)
-		for _, n := range part {
-			args = append(args, n)
-		}
-		in := placeholders(len(part))
-		rows, err := s.read.QueryContext(ctx, s.d.q(
-			"SELECT name FROM records WHERE namespace = ? AND name IN "+in+
-				" UNION SELECT name FROM backlog WHERE namespace = ? AND name IN "+in), args...)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var n string
-			if err := rows.Scan(&n); err != nil {
+		list := namesJSON(names[lo:hi])
+		for _, table := range []string{"records", "backlog"} {
+			rows, err := s.read.QueryContext(ctx, s.d.byNames(table, "name"), list, namespace)
+			if err != nil {
 				return err
 			}
-			out[n] = true
+			for rows.Next() {
+				var n string
+				if err := rows.Scan(&n); err != nil {
+					rows.Close()
+					return err
+				}
+				out[n] = true
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
 		}
-		return rows.Err()
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("history: looking up %d names in namespace %q: %w", len(names), namespace, err)
@@ -1055,7 +1149,20 @@ func (s *sqlStore) Enqueue(ctx context.Context, items []BacklogItem) ([]bool, er
 		events[i] = string(b)
 	}
 	now := s.now()
-	err := s.inWrite(ctx, func(tx *sql.Tx) error {
+	var namespaces []string
+	for _, it := range items {
+		namespaces = append(namespaces, it.Namespace)
+	}
+	slices.Sort(namespaces)
+	namespaces = slices.Compact(namespaces)
+	enqueue := func(tx *sql.Tx) error {
+		if s.d.lockBacklog != "" {
+			for _, ns := range namespaces { // in order: two callers never wait on each other in a cycle
+				if _, err := tx.ExecContext(ctx, s.d.lockBacklog, ns); err != nil {
+					return err
+				}
+			}
+		}
 		// Known to the records, or already in the backlog (the unique index on namespace and
 		// name decides between replicas that enqueue the same name at once).
 		stmt, err := tx.PrepareContext(ctx, s.d.q(
@@ -1082,7 +1189,21 @@ func (s *sqlStore) Enqueue(ctx context.Context, items []BacklogItem) ([]bool, er
 			added[i] = n > 0
 		}
 		return nil
-	})
+	}
+	// A transaction that PostgreSQL aborted (a deadlock with something else, a serialisation
+	// failure) runs again.
+	var err error
+	for try := 1; ; try++ {
+		err = s.inWrite(ctx, enqueue)
+		if err == nil || !retryable(err) || try == maxTries {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("history: adding %d events to the backlog: %w", len(items), errors.Join(err, ctx.Err()))
+		case <-time.After(time.Duration(try*try) * 5 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("history: adding %d events to the backlog: %w", len(items), err)
 	}

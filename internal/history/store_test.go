@@ -48,15 +48,18 @@ var storeCases = []struct {
 	{"Known finds names among records and the backlog, and only those", testKnown},
 	{"Enqueue keeps publish order and does not add a name the store knows", testEnqueue},
 	{"Enqueue from several goroutines at once adds each name once, in each caller's order", testEnqueueConcurrent},
+	{"Enqueue from replicas that take the same names in opposite orders adds each once, without an error", testEnqueueOppositeOrders},
 	{"NextBacklog, DeleteBacklog and BacklogCounts follow the backlog", testBacklogDrain},
 	{"Stats agree with the attempts and deliveries written", testStats},
 	{"a Failed delivery that succeeds by a manual retry counts one success more, once", testManualRetryCounted},
+	{"concurrent writers of the same records lose no attempt, count each once and share no revision", testConcurrentWriters},
 	{"a closed store answers every call with an error", testClosed},
 }
 
 func TestStore(t *testing.T) {
 	for _, e := range engines {
 		t.Run(e.name, func(t *testing.T) {
+			t.Parallel() // SQLite works in this process, PostgreSQL mostly in its own
 			for _, c := range storeCases {
 				t.Run(c.name, func(t *testing.T) {
 					c.run(t, e.open(t, history.Options{Now: func() time.Time { return t0.Add(time.Hour) }}))
@@ -363,6 +366,7 @@ func testPagingUnderWrites(t *testing.T, s history.Store) {
 				writeErr = err
 				return
 			}
+			time.Sleep(2 * time.Millisecond) // leave the readers some of the machine
 		}
 	})
 
@@ -1015,5 +1019,109 @@ func testClosed(t *testing.T, s history.Store) {
 		} else if errors.Is(err, history.ErrNotFound) {
 			t.Errorf("%s on a closed store: %v, not a failure", name, err)
 		}
+	}
+}
+
+func testConcurrentWriters(t *testing.T, s history.Store) {
+	// Two archivers (a leader handover) write overlapping snapshots of the same 40 deliveries:
+	// each delivery's attempts grow from 1 to 6, every snapshot written by both.
+	const deliveries, attempts = 40, 6
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for w := range 2 {
+		wg.Go(func() {
+			for n := int32(1); n <= attempts; n++ {
+				var batch []history.Record
+				for i := range deliveries {
+					// The writers go through the deliveries in opposite orders.
+					if w == 1 {
+						i = deliveries - 1 - i
+					}
+					phase := retrying
+					if n == attempts {
+						phase = failed
+					}
+					batch = append(batch, record("team-a", "crm", fmt.Sprint("evt-", i), types.UID(fmt.Sprint("uid-", i)), phase,
+						failedAttempts(1, n, t0)...))
+				}
+				if err := s.Write(ctxT(t), batch); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	revisions := map[int64]string{}
+	for _, r := range listAll(t, s, history.ListOptions{}) {
+		got := mustGet(t, s, keyOf(r))
+		if len(got.Attempts) != attempts || got.Phase != failed {
+			t.Fatalf("%s: %d attempts, phase %s; want %d, Failed", r.Name, len(got.Attempts), got.Phase, attempts)
+		}
+		if other, dup := revisions[r.Revision]; dup {
+			t.Fatalf("%s and %s share revision %d", r.Name, other, r.Revision)
+		}
+		revisions[r.Revision] = r.Name
+	}
+	if len(revisions) != deliveries {
+		t.Fatalf("%d records, want %d", len(revisions), deliveries)
+	}
+	w := mustStats(t, s, "team-a", "crm", t0.Add(30*time.Minute)).Windows[0]
+	if w.Attempts["5xx"] != deliveries*attempts || w.Failed != deliveries {
+		t.Fatalf("stats: %d attempts and %d failed, want %d and %d (each once)", w.Attempts["5xx"], w.Failed, deliveries*attempts, deliveries)
+	}
+}
+
+func testEnqueueOppositeOrders(t *testing.T, s history.Store) {
+	const writers, names, rounds = 4, 40, 3
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	addedCount := map[string]int{}
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			for r := range rounds {
+				var batch []history.BacklogItem
+				for i := range names {
+					if w%2 == 1 {
+						i = names - 1 - i
+					}
+					batch = append(batch, backlogItem("team-a", "crm", fmt.Sprintf("evt-%d-%d", r, i)))
+				}
+				added, err := s.Enqueue(ctxT(t), batch)
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				for i, ok := range added {
+					if ok {
+						addedCount[batch[i].Name]++
+					}
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if len(addedCount) != names*rounds {
+		t.Fatalf("%d names added, want %d", len(addedCount), names*rounds)
+	}
+	for name, n := range addedCount {
+		if n != 1 {
+			t.Fatalf("%s added %d times", name, n)
+		}
+	}
+	counts, err := s.BacklogCounts(ctxT(t))
+	if err != nil || counts[history.EndpointKey{Namespace: "team-a", Name: "crm"}] != names*rounds {
+		t.Fatalf("backlog counts %v, %v", counts, err)
 	}
 }

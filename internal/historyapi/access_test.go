@@ -2,11 +2,14 @@ package historyapi_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -32,8 +35,10 @@ import (
 
 	historyv1alpha1 "github.com/docrouter/webhook-operator/api/history/v1alpha1"
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+	"github.com/docrouter/webhook-operator/internal/aggregation"
 	"github.com/docrouter/webhook-operator/internal/history"
 	"github.com/docrouter/webhook-operator/internal/historyapi"
+	"github.com/docrouter/webhook-operator/internal/pki"
 )
 
 var recordsGVR = historyv1alpha1.GroupVersion.WithResource(historyv1alpha1.RecordsResource)
@@ -41,7 +46,7 @@ var recordsGVR = historyv1alpha1.GroupVersion.WithResource(historyv1alpha1.Recor
 // An informer (client-go's reflector, which uses watch-list streaming by default: initial
 // events, then a bookmark that ends them) syncs the namespace's records and then follows new
 // ones, as a controller or the console would.
-func testInformer(t *testing.T, a *api) {
+func (a *api) testInformer(t *testing.T) {
 	ns := env.Namespace(t)
 	var initial []history.Record
 	for i := range 120 {
@@ -90,7 +95,7 @@ func testInformer(t *testing.T, a *api) {
 // gets 403; a user bound to the built-in view role there reads (the history viewer role
 // aggregates into it); a user bound to view in another namespace gets 403 here. Through the
 // API server (front-proxy headers) and directly with a ServiceAccount token (TokenReview).
-func testAuthorization(t *testing.T, a *api) {
+func (a *api) testAuthorization(t *testing.T) {
 	ctx := context.Background()
 	ns, ns2 := env.Namespace(t), env.Namespace(t)
 	r := delivery{ns: ns, endpoint: "signed", eventID: ns + "-rbac", codes: []int32{200}}.record()
@@ -158,7 +163,7 @@ func testAuthorization(t *testing.T, a *api) {
 	if err := env.Client.Create(ctx, rb); err != nil {
 		t.Fatal(err)
 	}
-	direct := directClient(t, a)
+	direct := directClient(t)
 	url := fmt.Sprintf("https://localhost:%d/apis/%s/namespaces/%s/webhookdeliveryrecords", a.port, historyv1alpha1.GroupVersion, ns)
 	status := func(token string) int {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -168,7 +173,7 @@ func testAuthorization(t *testing.T, a *api) {
 			t.Fatal(err)
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return resp.StatusCode
 	}
 	err = wait.PollUntilContextTimeout(ctx, time.Second, 30*time.Second, true, func(context.Context) (bool, error) {
@@ -188,7 +193,7 @@ func testAuthorization(t *testing.T, a *api) {
 // directClient reaches the history API on its port, verifying its certificate against the CA
 // the operator keeps (the one in the APIService's caBundle) for the Service's DNS name, as the
 // aggregator does.
-func directClient(t *testing.T, a *api) *http.Client {
+func directClient(t *testing.T) *http.Client {
 	t.Helper()
 	var sec corev1.Secret
 	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: installNamespace, Name: historyapi.DefaultCertSecret}, &sec); err != nil {
@@ -205,7 +210,7 @@ func directClient(t *testing.T, a *api) *http.Client {
 
 // kubectl, as users run it with their own kubeconfig: the table, -o wide, a field selector,
 // -o yaml with every attempt, the webhooks category, explain, and -w.
-func testKubectl(t *testing.T, a *api) {
+func (a *api) testKubectl(t *testing.T) {
 	bin, err := exec.LookPath("kubectl")
 	if err != nil {
 		t.Fatalf("kubectl is not on the PATH: %v", err)
@@ -322,5 +327,52 @@ func testKubectl(t *testing.T, a *api) {
 		case <-ctx.Done():
 			t.Fatalf("kubectl get whdr -w did not print %s within 30s", late.Name)
 		}
+	}
+}
+
+// Every replica serves the same certificate, the one in the install's Secret whose CA is the
+// APIService's caBundle: a second replica reads the Secret the first one wrote.
+func (a *api) testReplicasShareTheCertificate(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	runServer(t, a.cfg, a.store, ln)
+	served := func(port int) []byte {
+		t.Helper()
+		var cert []byte
+		err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+			conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &tls.Config{InsecureSkipVerify: true}) // reads the certificate served; compared with the Secret below
+			if err != nil {
+				return false, nil
+			}
+			defer conn.Close()
+			cert = conn.ConnectionState().PeerCertificates[0].Raw
+			return true, nil
+		})
+		if err != nil {
+			t.Fatalf("nothing serves TLS on port %d", port)
+		}
+		return cert
+	}
+	var sec corev1.Secret
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: installNamespace, Name: historyapi.DefaultCertSecret}, &sec); err != nil {
+		t.Fatal(err)
+	}
+	want, err := pki.ParseCert(sec.Data[corev1.TLSCertKey])
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, second := served(a.port), served(ln.Addr().(*net.TCPAddr).Port)
+	if !bytes.Equal(first, want.Raw) || !bytes.Equal(second, want.Raw) {
+		t.Errorf("the replicas serve different certificates, or not the Secret's")
+	}
+	u, err := dynamic.NewForConfigOrDie(env.Config).Resource(aggregation.APIServiceGVR).Get(context.Background(), historyv1alpha1.APIServiceName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caBundle, _, _ := unstructured.NestedString(u.Object, "spec", "caBundle")
+	if caBundle != base64.StdEncoding.EncodeToString(append(bytes.TrimSpace(sec.Data["ca.crt"]), '\n')) {
+		t.Errorf("the APIService's caBundle is not the Secret's CA")
 	}
 }

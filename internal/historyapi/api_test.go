@@ -26,15 +26,16 @@ func TestHistoryAPI(t *testing.T) {
 	for _, e := range engines {
 		t.Run(e.name, func(t *testing.T) {
 			a := startAPI(t, e.open(t))
-			t.Run("GetShowsTheWholeRecord", func(t *testing.T) { testGet(t, a) })
-			t.Run("ListSelectors", func(t *testing.T) { testListSelectors(t, a) })
-			t.Run("PagingWhileRecordsArrive", func(t *testing.T) { testPaging(t, a) })
-			t.Run("Watch", func(t *testing.T) { testWatch(t, a) })
-			t.Run("Informer", func(t *testing.T) { testInformer(t, a) })
-			t.Run("Authorization", func(t *testing.T) { testAuthorization(t, a) })
-			t.Run("Table", func(t *testing.T) { testTable(t, a) })
-			t.Run("Kubectl", func(t *testing.T) { testKubectl(t, a) })
-			t.Run("Stats", func(t *testing.T) { testStats(t, a) })
+			t.Run("GetShowsTheWholeRecord", a.testGet)
+			t.Run("ListSelectors", a.testListSelectors)
+			t.Run("PagingWhileRecordsArrive", a.testPaging)
+			t.Run("Watch", a.testWatch)
+			t.Run("Informer", a.testInformer)
+			t.Run("Authorization", a.testAuthorization)
+			t.Run("Table", a.testTable)
+			t.Run("Kubectl", a.testKubectl)
+			t.Run("Stats", a.testStats)
+			t.Run("ReplicasShareTheCertificate", a.testReplicasShareTheCertificate)
 		})
 	}
 }
@@ -60,7 +61,7 @@ func names(list *historyv1alpha1.WebhookDeliveryRecordList) []string {
 // A get returns the whole record: the event as sent, its labels, where the delivery is, and
 // every attempt (far more than the 20 a WebhookDelivery's status keeps), also after the
 // delivery has left etcd.
-func testGet(t *testing.T, a *api) {
+func (a *api) testGet(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t)
 	codes := make([]int32, 30)
@@ -123,7 +124,7 @@ func dataOf(r interface{ MarshalJSON() ([]byte, error) }) string {
 // and the fields are answered by the store's indexes; other label requirements and != are
 // checked record by record; contradictory selectors select nothing; an unknown field is a 400
 // that says which fields exist.
-func testListSelectors(t *testing.T, a *api) {
+func (a *api) testListSelectors(t *testing.T) {
 	ctx := context.Background()
 	ns, ns2 := env.Namespace(t), env.Namespace(t)
 	base := time.Now().Add(-30 * time.Minute)
@@ -214,7 +215,7 @@ func testListSelectors(t *testing.T, a *api) {
 // the ones that arrive meanwhile are newer than the first page and are not; a watch from the
 // first page's resourceVersion then sees every arrival and change. A list without a limit is
 // served one bounded page with a continue token.
-func testPaging(t *testing.T, a *api) {
+func (a *api) testPaging(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t)
 	const total = 5000
@@ -348,8 +349,9 @@ func testPaging(t *testing.T, a *api) {
 	}
 }
 
-func nextEvent(t *testing.T, w watch.Interface, within time.Duration) watch.Event {
+func nextEvent(t *testing.T, w watch.Interface) watch.Event {
 	t.Helper()
+	const within = 10 * time.Second
 	select {
 	case e, ok := <-w.ResultChan():
 		if !ok {
@@ -383,7 +385,7 @@ func recordOf(t *testing.T, e watch.Event) *historyv1alpha1.WebhookDeliveryRecor
 // A watch from a list's resourceVersion sees new records as ADDED and changed ones as
 // MODIFIED, filtered by its selectors; a watch without a resourceVersion first lists what
 // exists (ADDED), as the API server's own watches do.
-func testWatch(t *testing.T, a *api) {
+func (a *api) testWatch(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t)
 	rc := recordsClient(t, env.Config)
@@ -412,17 +414,17 @@ func testWatch(t *testing.T, a *api) {
 	r1.Phase, r1.AttemptCount, r1.NextAttemptTime = webhooksv1alpha1.PhaseFailed, 2, nil
 	writeAll(t, a.store, []history.Record{r1})
 
-	if e := nextEvent(t, w, 10*time.Second); e.Type != watch.Added || recordOf(t, e).Name != r2.Name {
+	if e := nextEvent(t, w); e.Type != watch.Added || recordOf(t, e).Name != r2.Name {
 		t.Errorf("first event: got %s %s, want ADDED %s", e.Type, recordOf(t, e).Name, r2.Name)
 	}
-	e := nextEvent(t, w, 10*time.Second)
+	e := nextEvent(t, w)
 	if got := recordOf(t, e); e.Type != watch.Modified || got.Name != r1.Name || got.Status.Phase != "Failed" || got.Status.Attempts != 2 {
 		t.Errorf("second event: got %s %s %s/%d, want MODIFIED %s Failed/2", e.Type, got.Name, got.Status.Phase, got.Status.Attempts, r1.Name)
 	}
-	if e := nextEvent(t, failed, 10*time.Second); recordOf(t, e).Name != r1.Name {
+	if e := nextEvent(t, failed); recordOf(t, e).Name != r1.Name {
 		t.Errorf("the status.phase=Failed watch got %s %s, want %s only", e.Type, recordOf(t, e).Name, r1.Name)
 	}
-	if e := nextEvent(t, one, 10*time.Second); recordOf(t, e).Name != r1.Name {
+	if e := nextEvent(t, one); recordOf(t, e).Name != r1.Name {
 		t.Errorf("the watch of %s got %s", r1.Name, recordOf(t, e).Name)
 	}
 	noEvent(t, failed, time.Second)
@@ -432,7 +434,7 @@ func testWatch(t *testing.T, a *api) {
 	w0 := watchFrom("", "")
 	got := map[string]bool{}
 	for range 2 {
-		e := nextEvent(t, w0, 10*time.Second)
+		e := nextEvent(t, w0)
 		if e.Type != watch.Added {
 			t.Fatalf("initial event %s, want ADDED", e.Type)
 		}
@@ -443,7 +445,7 @@ func testWatch(t *testing.T, a *api) {
 	}
 	r3 := delivery{ns: ns, endpoint: "signed", eventID: ns + "-3", codes: []int32{200}}.record()
 	writeAll(t, a.store, []history.Record{r3})
-	if e := nextEvent(t, w0, 10*time.Second); e.Type != watch.Added || recordOf(t, e).Name != r3.Name {
+	if e := nextEvent(t, w0); e.Type != watch.Added || recordOf(t, e).Name != r3.Name {
 		t.Errorf("after the initial events: got %s %s, want ADDED %s", e.Type, recordOf(t, e).Name, r3.Name)
 	}
 
@@ -456,7 +458,7 @@ func testWatch(t *testing.T, a *api) {
 
 // Table is kubectl's table (Accept: application/json;as=Table): the columns of kubectl get whd
 // and COMPLETED, with the record's values.
-func testTable(t *testing.T, a *api) {
+func (a *api) testTable(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t)
 	r := delivery{ns: ns, endpoint: "failing", eventID: ns + "-t", phase: webhooksv1alpha1.PhaseFailed, codes: []int32{500, 502, 503}}.record()

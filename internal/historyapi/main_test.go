@@ -2,12 +2,10 @@ package historyapi_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -149,6 +147,8 @@ func doInstallRBAC() (*rest.Config, error) {
 type api struct {
 	store history.Store
 	port  int
+	// cfg is the operator's ServiceAccount.
+	cfg *rest.Config
 }
 
 // startAPI runs the history API as the operator does (historyapi.Server as the install's
@@ -163,10 +163,33 @@ func startAPI(t *testing.T, store history.Store) *api {
 		t.Fatal(err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := aggregation.Register(ctx, env.Config, aggregation.Registration{Namespace: installNamespace, Service: historyapi.DefaultService, Port: port}); err != nil {
+	if err := aggregation.Register(context.Background(), env.Config, aggregation.Registration{Namespace: installNamespace, Service: historyapi.DefaultService, Port: port}); err != nil {
 		t.Fatal(err)
 	}
+	ctx, done := runServer(t, cfg, store, ln)
+
+	// Ready when a list through the API server answers (the APIService is Available and
+	// routes to this server: an earlier test's server is gone).
+	rc := recordsClient(t, env.Config)
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
+		select {
+		case err := <-done:
+			return false, fmt.Errorf("the history API exited early: %v", err)
+		default:
+		}
+		var list historyv1alpha1.WebhookDeliveryRecordList
+		return rc.Get().Namespace("default").Resource("webhookdeliveryrecords").Param("limit", "1").Do(ctx).Into(&list) == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("the history API was not reachable through the API server within 90s: %v", err)
+	}
+	return &api{store: store, port: port, cfg: cfg}
+}
+
+// runServer runs historyapi.Server on ln as the operator does, until the test ends.
+func runServer(t *testing.T, cfg *rest.Config, store history.Store, ln net.Listener) (context.Context, <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
 	opts := historyapi.DefaultOptions()
 	opts.BindAddress = ln.Addr().String()
 	opts.Namespace = installNamespace
@@ -192,28 +215,12 @@ func startAPI(t *testing.T, store history.Store) *api {
 			t.Errorf("the history API did not stop within 30s of its context ending")
 		}
 	})
-
-	// Ready when a list through the API server answers (the APIService is Available and
-	// routes to this server: an earlier test's server is gone).
-	rc := recordsClient(t, env.Config)
-	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
-		select {
-		case err := <-done:
-			return false, fmt.Errorf("the history API exited early: %v", err)
-		default:
-		}
-		var list historyv1alpha1.WebhookDeliveryRecordList
-		return rc.Get().Namespace("default").Resource("webhookdeliveryrecords").Param("limit", "1").Do(ctx).Into(&list) == nil, nil
-	})
-	if err != nil {
-		t.Fatalf("the history API was not reachable through the API server within 90s: %v", err)
-	}
-	return &api{store: store, port: port}
+	return ctx, done
 }
 
 // recordsClient is a REST client of the history group, as kubectl builds one.
-func recordsClient(t testing.TB, cfg *rest.Config) *rest.RESTClient {
-	t.Helper()
+func recordsClient(tb testing.TB, cfg *rest.Config) *rest.RESTClient {
+	tb.Helper()
 	c := rest.CopyConfig(cfg)
 	c.GroupVersion = &historyv1alpha1.GroupVersion
 	c.APIPath = "/apis"
@@ -221,7 +228,7 @@ func recordsClient(t testing.TB, cfg *rest.Config) *rest.RESTClient {
 	c.QPS, c.Burst = -1, -1
 	rc, err := rest.RESTClientFor(c)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return rc
 }
@@ -256,17 +263,13 @@ func bindView(t *testing.T, ns, name string) {
 }
 
 // writeAll writes records in batches, as the archiver does.
-func writeAll(t testing.TB, s history.Store, records []history.Record) {
-	t.Helper()
+func writeAll(tb testing.TB, s history.Store, records []history.Record) {
+	tb.Helper()
 	for len(records) > 0 {
 		n := min(len(records), 500)
 		if err := s.Write(context.Background(), records[:n]); err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 		records = records[n:]
 	}
 }
-
-var errNotYet = errors.New("not yet")
-
-func itoa(i int) string { return strconv.Itoa(i) }

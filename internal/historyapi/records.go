@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -165,8 +166,10 @@ func (s *recordStorage) List(ctx context.Context, opts *metainternalversion.List
 		so.Limit = limit - len(list.Items)
 		page, err := s.store.List(ctx, so)
 		if err != nil {
-			if so.Continue != "" && pages == 0 {
-				return nil, apierrors.NewBadRequest(fmt.Sprintf("listing with this continue token failed (%v): list again without it", err))
+			// The store refuses a token it did not make before it reads anything (its error names
+			// the token); any other error is the store's.
+			if so.Continue != "" && pages == 0 && strings.Contains(err.Error(), "continue token") {
+				return nil, apierrors.NewBadRequest("the continue token is not one this server made: list again without it")
 			}
 			return nil, s.storeError(ctx, "listing records", err)
 		}

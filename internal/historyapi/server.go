@@ -22,7 +22,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -157,7 +159,7 @@ func (s *Server) Start(ctx context.Context) error {
 			return fmt.Errorf("the history API cannot listen on %s: %w", s.BindAddress, err)
 		}
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }() // the server closes it too; a second Close fails harmlessly
 
 	cert, err := s.servingCert(ctx, client, log)
 	if err != nil {
@@ -306,6 +308,11 @@ func delegateAuthentication(ctx context.Context, client kubernetes.Interface, cf
 	if err := requestHeader.RunOnce(ctx); err != nil {
 		return fmt.Errorf("the history API cannot read the cluster's front-proxy configuration in %s/%s: %w; the operator needs the extension-apiserver-authentication-reader Role there", authConfigMapNamespace, authConfigMapName, err)
 	}
+	// The serving layer runs the controllers of the providers it is given: hand it views that
+	// are not controllers, since they run already. Listeners are added before the controllers
+	// run (their AddListener is not safe while they do); the views pass changes on.
+	requestHeaderView := newCAView(requestHeader)
+	clientCAView := newCAView(clientCA)
 	go requestHeader.Run(ctx, 1)
 	go clientCA.Run(ctx, 1)
 	loaded := func(context.Context) (bool, error) {
@@ -322,10 +329,6 @@ func delegateAuthentication(ctx context.Context, client kubernetes.Interface, cf
 		return len(clientCA.CurrentCABundleContent()) > 0, nil
 	})
 
-	// The serving layer runs the controllers of the providers it is given: hand it views that
-	// are not controllers, since they run already.
-	requestHeaderView := caView{requestHeader}
-	clientCAView := caView{clientCA}
 	headerConfig := &authenticatorfactory.RequestHeaderConfig{
 		CAContentProvider:   requestHeaderView,
 		UsernameHeaders:     headerrequest.StringSliceProviderFunc(requestHeader.UsernameHeaders),
@@ -359,9 +362,35 @@ func delegateAuthentication(ctx context.Context, client kubernetes.Interface, cf
 	return nil
 }
 
-// caView is a CA provider without its controller's Run and RunOnce.
+// caView is a CA provider without its controller's Run and RunOnce, whose listeners may be
+// added while the controller runs.
 type caView struct {
 	dynamiccertificates.CAContentProvider
+	mu        sync.Mutex
+	listeners []dynamiccertificates.Listener
+}
+
+// newCAView listens to p; call it before p's controller runs.
+func newCAView(p dynamiccertificates.CAContentProvider) *caView {
+	v := &caView{CAContentProvider: p}
+	p.AddListener(v)
+	return v
+}
+
+func (v *caView) AddListener(l dynamiccertificates.Listener) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.listeners = append(v.listeners, l)
+}
+
+// Enqueue passes a change of the CA on.
+func (v *caView) Enqueue() {
+	v.mu.Lock()
+	listeners := slices.Clone(v.listeners)
+	v.mu.Unlock()
+	for _, l := range listeners {
+		l.Enqueue()
+	}
 }
 
 // delegatedAuthorizer is DelegatingAuthorizationOptions' authorizer with the operator's client:

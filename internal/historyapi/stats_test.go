@@ -33,7 +33,7 @@ func attemptClass(a webhooksv1alpha1.Attempt) string {
 // within the histogram bucket of the attempts' duration, chart series that add up to the
 // window, the unfinished deliveries and the backlog. Expectations are computed from the
 // records written, not written down.
-func testStats(t *testing.T, a *api) {
+func (a *api) testStats(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t)
 	now := time.Now()

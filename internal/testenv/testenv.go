@@ -155,7 +155,7 @@ func (e *Env) StartControllerManager(controllers ...string) error {
 	if err != nil {
 		return err
 	}
-	defer logFile.Close()
+	defer func() { _ = logFile.Close() }() // the child process holds its own descriptor
 	cmd := exec.Command(bin,
 		"--kubeconfig="+filepath.Join(dir, "kubeconfig"),
 		"--controllers="+strings.Join(controllers, ","),

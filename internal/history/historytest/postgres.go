@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -108,9 +109,14 @@ func NewServer() (*Server, error) {
 		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
 		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	}
-	s.Dir, err = os.MkdirTemp("", "historytest-postgres-")
+	removeAbandoned()
+	s.Dir, err = os.MkdirTemp("", dirPattern)
 	if err != nil {
 		return nil, fmt.Errorf("cannot make a directory for PostgreSQL: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		_ = os.RemoveAll(s.Dir)
+		return nil, err
 	}
 	if err := s.init(); err != nil {
 		_ = os.RemoveAll(s.Dir)
@@ -121,6 +127,41 @@ func NewServer() (*Server, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+const (
+	dirPattern = "historytest-postgres-"
+	// ownerFile holds the pid of the test binary that made the directory.
+	ownerFile = "owner.pid"
+)
+
+// removeAbandoned removes the directories of servers whose test binary died without cleaning
+// up (a panic in a test, a timeout, SIGKILL): the kernel stopped their server (Pdeathsig),
+// but nothing removed the files.
+func removeAbandoned() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPattern+"*"))
+	for _, dir := range dirs {
+		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(string(b))
+		if err != nil || alive(pid) {
+			continue
+		}
+		// A server still running there (its postmaster.pid starts with its pid) is left alone.
+		if b, err := os.ReadFile(filepath.Join(dir, "data", "postmaster.pid")); err == nil {
+			first, _, _ := strings.Cut(string(b), "\n")
+			if pg, err := strconv.Atoi(strings.TrimSpace(first)); err == nil && alive(pg) {
+				continue
+			}
+		}
+		_ = os.RemoveAll(dir)
+	}
+}
+
+func alive(pid int) bool {
+	return pid > 0 && !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }
 
 func (s *Server) command(name string, args ...string) *exec.Cmd {

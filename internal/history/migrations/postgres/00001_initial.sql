@@ -57,7 +57,10 @@ CREATE INDEX records_ns_revision ON records (namespace, revision);
 -- Prune: only records that left etcd are candidates.
 CREATE INDEX records_prune ON records (completion_time) WHERE removed_time IS NOT NULL;
 
--- Attempts are immutable: keyed by the delivery that made them and their number.
+-- Attempts are immutable: an attempt is the delivery that made it (its UID) and its number.
+-- The key leads with the record's key, so that a record's attempts sit together: Get and
+-- Prune read one range, and a batch of writes dirties few pages (a key that led with the UID,
+-- random, would touch a page per attempt, plus a second index for the record).
 CREATE TABLE attempts (
     delivery_uid TEXT    NOT NULL,
     number       BIGINT NOT NULL,
@@ -69,11 +72,9 @@ CREATE TABLE attempts (
     result       TEXT    NOT NULL,
     error        TEXT    NOT NULL,
     attempt_trigger TEXT    NOT NULL,
-    PRIMARY KEY (delivery_uid, number),
+    PRIMARY KEY (namespace, name, delivery_uid, number),
     FOREIGN KEY (namespace, name) REFERENCES records (namespace, name) ON DELETE CASCADE
 );
--- Get (a record's attempts by time) and Prune (a record's attempts).
-CREATE INDEX attempts_record_time ON attempts (namespace, name, attempt_time, number);
 
 -- Per-minute rollups of an endpoint: what Stats sums. d00..d15 count attempt durations in
 -- log-scale buckets (see rollup.go: 5 ms doubling to 40.96 s, then 60 s, then more).
