@@ -137,12 +137,64 @@ func TestDefaultIsACompleteInstall(t *testing.T) {
 		}
 	}
 
+	// One replica with the embedded SQLite store on a volume that follows it.
+	d := theDeployment(t, objs)
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 {
+		t.Errorf("replicas: want 1 (a SQLite file has one writer), got %v", d.Spec.Replicas)
+	}
+	if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+		t.Errorf("strategy %q: an update must stop the Pod that holds the SQLite volume first (Recreate)", d.Spec.Strategy.Type)
+	}
+	c := d.Spec.Template.Spec.Containers[0]
+	if !slices.Contains(c.Args, "--history-database=sqlite:///var/lib/webhook-operator/history.db") {
+		t.Errorf("the default install keeps history in SQLite: args %v", c.Args)
+	}
+	pvcs := ofKind(objs, "PersistentVolumeClaim")
+	if len(pvcs) != 1 {
+		t.Fatalf("want the history volume's PersistentVolumeClaim, got %d", len(pvcs))
+	}
+	mounted := false
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == pvcs[0].Name {
+			for _, m := range c.VolumeMounts {
+				mounted = mounted || (m.Name == v.Name && m.MountPath == "/var/lib/webhook-operator")
+			}
+		}
+	}
+	if !mounted {
+		t.Errorf("the claim %s is not mounted at /var/lib/webhook-operator", pvcs[0].Name)
+	}
+	if fs := d.Spec.Template.Spec.SecurityContext.FSGroup; fs == nil || *fs != 65532 {
+		t.Errorf("fsGroup %v: the non-root user could not write the history volume", fs)
+	}
+}
+
+// The PostgreSQL overlay runs two replicas with leader election, the store's URL from a Secret
+// (through the environment, never in the manifest), and no SQLite volume.
+func TestPostgresOverlayRunsTwoReplicasWithTheURLFromASecret(t *testing.T) {
+	objs := render(t, "overlays/postgres")
 	d := theDeployment(t, objs)
 	if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
 		t.Errorf("replicas: want 2, got %v", d.Spec.Replicas)
 	}
-	if !slices.Contains(d.Spec.Template.Spec.Containers[0].Args, "--leader-elect") {
-		t.Errorf("two replicas need --leader-elect: args %v", d.Spec.Template.Spec.Containers[0].Args)
+	if d.Spec.Strategy.Type != appsv1.RollingUpdateDeploymentStrategyType {
+		t.Errorf("strategy %q: two replicas update one at a time", d.Spec.Strategy.Type)
+	}
+	c := d.Spec.Template.Spec.Containers[0]
+	if !slices.Contains(c.Args, "--leader-elect") {
+		t.Errorf("two replicas need --leader-elect: args %v", c.Args)
+	}
+	var fromSecret bool
+	for _, e := range c.Env {
+		if e.Name == "WEBHOOK_OPERATOR_HISTORY_DATABASE" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			fromSecret = e.ValueFrom.SecretKeyRef.Name == "webhook-operator-history-database" && e.ValueFrom.SecretKeyRef.Key == "url"
+		}
+	}
+	if !fromSecret {
+		t.Errorf("the database URL must come from Secret webhook-operator-history-database, key url: env %v", c.Env)
+	}
+	if n := len(ofKind(objs, "PersistentVolumeClaim")); n != 0 || len(d.Spec.Template.Spec.Volumes) != 0 || len(c.VolumeMounts) != 0 {
+		t.Errorf("no SQLite volume with PostgreSQL: %d claims, volumes %v, mounts %v", n, d.Spec.Template.Spec.Volumes, c.VolumeMounts)
 	}
 }
 
@@ -531,7 +583,7 @@ func TestAlertsAndDashboardUseExportedSeries(t *testing.T) {
 		}
 	}
 	for _, n := range metrics.Names() {
-		if !used[n] && n != metrics.DeliveriesRetriedName {
+		if !used[n] && n != metrics.BulkRetriedDeliveriesName {
 			t.Errorf("the dashboard shows no panel of %s", n)
 		}
 	}

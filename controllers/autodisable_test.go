@@ -12,7 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // An endpoint whose attempts all fail for the auto-disable period is disabled: a Warning Event,
@@ -22,7 +22,7 @@ func TestEndpointAutoDisabledThenReEnabled(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusInternalServerError)
+	rcv := testreceiver.New(t, testKey, http.StatusInternalServerError)
 	opts := testOptions()
 	opts.AutoDisableAfter = 2 * time.Second
 	startOperator(t, ns, opts)
@@ -39,11 +39,11 @@ func TestEndpointAutoDisabledThenReEnabled(t *testing.T) {
 		g.Expect(ep.Status.DisabledSince).NotTo(BeNil())
 		g.Expect(ep.Status.FailingSince).NotTo(BeNil())
 		ready := condition(ep.Status.Conditions, "Ready")
-		g.Expect(ready.Reason).To(Equal(ReasonAutoDisabled))
+		g.Expect(ready.Reason).To(Equal(webhooksv1alpha1.ReasonAutoDisabled))
 		g.Expect(ready.Message).To(ContainSubstring(webhooksv1alpha1.EnableAnnotation))
 	}).WithTimeout(15 * time.Second).Should(Succeed())
 	g.Eventually(func(g Gomega) []string { return eventReasons(g, ns, "dead") }).
-		WithTimeout(5 * time.Second).Should(ContainElement(ReasonAutoDisabled))
+		WithTimeout(5 * time.Second).Should(ContainElement(webhooksv1alpha1.ReasonAutoDisabled))
 
 	// Parked: the retrying delivery and a new one make no attempt, and are not failed.
 	second := webhooksv1alpha1.NewDelivery(ns, "dead", newEvent("evt-dead-2"))
@@ -51,7 +51,7 @@ func TestEndpointAutoDisabledThenReEnabled(t *testing.T) {
 	g.Eventually(func(g Gomega) {
 		for _, name := range []string{first.Name, second.Name} {
 			d := getDelivery(g, ns, name)
-			g.Expect(condition(d.Status.Conditions, "Ready").Reason).To(Equal(ReasonEndpointDisabled))
+			g.Expect(condition(d.Status.Conditions, "Ready").Reason).To(Equal(webhooksv1alpha1.ReasonEndpointDisabled))
 			g.Expect(d.Status.Phase).NotTo(Equal(webhooksv1alpha1.PhaseFailed))
 		}
 	}).WithTimeout(10 * time.Second).Should(Succeed())

@@ -14,7 +14,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/internal/metrics"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // setEndpointAnnotation sets an annotation on an endpoint with a merge patch, as
@@ -33,8 +33,8 @@ func TestRetryFailedAnnotationRetriesEveryFailedDeliveryOfTheEndpointOnce(t *tes
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	crm := testenv.NewReceiver(t, testKey, http.StatusOK, http.StatusInternalServerError)
-	other := testenv.NewReceiver(t, testKey, http.StatusInternalServerError)
+	crm := testreceiver.New(t, testKey, http.StatusOK, http.StatusInternalServerError)
+	other := testreceiver.New(t, testKey, http.StatusInternalServerError)
 	startOperator(t, ns, testOptions())
 	noRetries := func(ep *webhooksv1alpha1.WebhookEndpoint) { ep.Spec.RetryPolicy = fastRetries(0) }
 	create(t, newEndpoint(ns, "crm", crm.URL+"/hooks", noRetries), newEndpoint(ns, "other", other.URL+"/hooks", noRetries))
@@ -82,7 +82,7 @@ func TestRetryFailedAnnotationRetriesEveryFailedDeliveryOfTheEndpointOnce(t *tes
 		g.Expect(env.Client.List(context.Background(), &events, client.InNamespace(ns))).To(Succeed())
 		var notes []string
 		for _, e := range events.Items {
-			if e.Reason == ReasonRetryingFailed && e.Regarding.Name == "crm" {
+			if e.Reason == webhooksv1alpha1.EventReasonRetryingFailed && e.Regarding.Name == "crm" {
 				notes = append(notes, e.Note)
 			}
 		}
@@ -90,7 +90,7 @@ func TestRetryFailedAnnotationRetriesEveryFailedDeliveryOfTheEndpointOnce(t *tes
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	// Handled once: one Event (not a series of two) and three deliveries counted.
 	g.Expect(retryEventCount(g, ns)).To(Equal(int32(1)))
-	g.Expect(testutil.ToFloat64(metrics.BulkRetried.WithLabelValues(ns))).To(Equal(3.0))
+	g.Expect(testutil.ToFloat64(metrics.BulkRetriedDeliveries.WithLabelValues(ns))).To(Equal(3.0))
 
 	// The same value again, and a new value with nothing Failed, send nothing.
 	setEndpointAnnotation(g, ns, "crm", webhooksv1alpha1.RetryFailedAnnotation, "fixed-1")
@@ -114,7 +114,7 @@ func retryEventCount(g Gomega, ns string) int32 {
 	g.Expect(env.Client.List(context.Background(), &events, client.InNamespace(ns))).To(Succeed())
 	var n int32
 	for _, e := range events.Items {
-		if e.Reason == ReasonRetryingFailed {
+		if e.Reason == webhooksv1alpha1.EventReasonRetryingFailed {
 			n++
 			if e.Series != nil {
 				n += e.Series.Count - 1

@@ -18,7 +18,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 func heavyDelivery(phase webhooksv1alpha1.DeliveryPhase) *webhooksv1alpha1.WebhookDelivery {
@@ -34,7 +34,7 @@ func heavyDelivery(phase webhooksv1alpha1.DeliveryPhase) *webhooksv1alpha1.Webho
 		Phase: phase, Attempts: 2, LastRetryToken: "t0", LastError: "HTTP 503",
 		CompletionTime: &metav1.Time{Time: time.Unix(1640995300, 0)},
 		History:        []webhooksv1alpha1.Attempt{{Number: 1, Result: "HTTPError"}, {Number: 2, Result: "Success"}},
-		Conditions:     []metav1.Condition{{Type: webhooksv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonDelivered}},
+		Conditions:     []metav1.Condition{{Type: webhooksv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: webhooksv1alpha1.ReasonDelivered}},
 	}
 	return d
 }
@@ -50,7 +50,7 @@ func TestManualRetryOfFailedDeliveryOutsideTheCache(t *testing.T) {
 	g.Expect(env.Client.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "signing"}, Data: map[string][]byte{"key": key},
 	})).To(Succeed())
-	rcv := testenv.NewReceiver(t, key, http.StatusServiceUnavailable)
+	rcv := testreceiver.New(t, key, http.StatusServiceUnavailable)
 
 	opts := env.ManagerOptions(ns)
 	opts.Cache = CacheOptions(opts.Cache)
@@ -59,7 +59,8 @@ func TestManualRetryOfFailedDeliveryOutsideTheCache(t *testing.T) {
 		cached = mgr.GetCache()
 		o := DefaultOptions()
 		o.Namespaces = []string{ns}
-		return Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), o, nil)
+		_, err := Setup(ctx, mgr, o, Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{})})
+		return err
 	})
 
 	g.Expect(env.Client.Create(ctx, &webhooksv1alpha1.WebhookEndpoint{
@@ -119,7 +120,7 @@ func TestRetentionSweepDeletesExpiredDeliveries(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	ok, down := testenv.NewReceiver(t, testKey, http.StatusOK), testenv.NewReceiver(t, testKey, http.StatusInternalServerError)
+	ok, down := testreceiver.New(t, testKey, http.StatusOK), testreceiver.New(t, testKey, http.StatusInternalServerError)
 	opts := testOptions()
 	opts.SucceededRetention, opts.FailedRetention, opts.RetentionSweepInterval = 2*time.Second, 0, 500*time.Millisecond
 	startOperator(t, ns, opts)

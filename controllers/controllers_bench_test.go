@@ -37,12 +37,12 @@ func BenchmarkFanOut(b *testing.B) {
 
 // BenchmarkInflightLimiter is the per-attempt cost of the per-endpoint in-flight limit.
 func BenchmarkInflightLimiter(b *testing.B) {
-	l := newInflightLimiter(8)
+	l := newInflightLimiter(1024, nil)
 	ep := types.NamespacedName{Namespace: "ns", Name: "crm"}
 	d := types.NamespacedName{Namespace: "ns", Name: "crm-0123456789abcdef"}
 	b.ReportAllocs()
 	for b.Loop() {
-		if !l.tryAcquire(ep, d) {
+		if !l.tryAcquire(ep, d, 16) {
 			b.Fatal("no slot")
 		}
 		l.release(ep)

@@ -50,9 +50,9 @@ func observeAttempt(d *webhooksv1alpha1.WebhookDelivery, manual bool, started ti
 		}
 		metrics.DeliveryLag.Observe(max(started.Sub(due), 0).Seconds())
 	}
-	metrics.DeliveriesInFlight.Inc()
+	metrics.AttemptsInFlight.Inc()
 	return func(res dispatcher.Result) {
-		metrics.DeliveriesInFlight.Dec()
+		metrics.AttemptsInFlight.Dec()
 		class := attemptClass(res)
 		metrics.Attempts.WithLabelValues(d.Namespace, class).Inc()
 		metrics.AttemptDuration.WithLabelValues(class).Observe(res.Duration.Seconds())
@@ -113,6 +113,6 @@ func (p pendingReporter) count(ctx context.Context) (map[string]int, error) {
 // observeBulkRetried counts deliveries retried by an endpoint's retry-failed annotation.
 func observeBulkRetried(namespace string, n int) {
 	if n > 0 {
-		metrics.BulkRetried.WithLabelValues(namespace).Add(float64(n))
+		metrics.BulkRetriedDeliveries.WithLabelValues(namespace).Add(float64(n))
 	}
 }

@@ -19,7 +19,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/internal/metrics"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // scrape fetches the metrics as Prometheus does: over HTTP, in the text format, from the
@@ -86,8 +86,8 @@ func TestMetricsCountRealDeliveries(t *testing.T) {
 		return m
 	}
 
-	ok := testenv.NewReceiver(t, testKey, http.StatusOK)
-	failing := testenv.NewReceiver(t, testKey, http.StatusInternalServerError)
+	ok := testreceiver.New(t, testKey, http.StatusOK)
+	failing := testreceiver.New(t, testKey, http.StatusInternalServerError)
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	g.Expect(err).NotTo(HaveOccurred())
 	closedURL := "http://" + closed.Addr().String() + "/hooks"
@@ -147,12 +147,12 @@ func TestMetricsCountRealDeliveries(t *testing.T) {
 	ep.Spec.TimeoutSeconds = ptr.To[int32](10)
 	g.Expect(env.Client.Patch(context.Background(), ep, client.MergeFrom(base))).To(Succeed())
 	g.Eventually(func(g Gomega) {
-		g.Expect(sample(scrape(g, srv.URL), metrics.DeliveriesInFlightName, nil)).To(Equal(1.0))
+		g.Expect(sample(scrape(g, srv.URL), metrics.AttemptsInFlightName, nil)).To(Equal(1.0))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	close(release)
 	g.Eventually(func(g Gomega) {
 		now := scrape(g, srv.URL)
-		g.Expect(sample(now, metrics.DeliveriesInFlightName, nil)).To(Equal(0.0))
+		g.Expect(sample(now, metrics.AttemptsInFlightName, nil)).To(Equal(0.0))
 		g.Expect(sample(now, metrics.DeliveriesPendingName, inNS())).To(Equal(0.0))
 		g.Expect(sample(now, metrics.DeliveriesFinishedName, inNS("result", "succeeded")) -
 			sample(before, metrics.DeliveriesFinishedName, inNS("result", "succeeded"))).To(Equal(4.0))

@@ -15,15 +15,6 @@ import (
 	"github.com/docrouter/webhook-operator/dispatcher"
 )
 
-// Reasons an endpoint's credentials cannot be resolved.
-const (
-	ReasonSecretNotFound    = "SecretNotFound"
-	ReasonSecretKeyNotFound = "SecretKeyNotFound"
-	// ReasonInvalidSecret is a Secret value the signature scheme cannot use, such as a
-	// StandardWebhooks secret that is not whsec_<base64>.
-	ReasonInvalidSecret = "InvalidSecret"
-)
-
 // credentialError is a missing Secret or key: a user's mistake that the user can fix, reported
 // as a condition rather than retried as an API failure.
 type credentialError struct {
@@ -104,9 +95,6 @@ func (s *secretReader) resolve(ctx context.Context, ep *webhooksv1alpha1.Webhook
 	return creds, nil
 }
 
-// ReasonCABundleNotFound is a spec.caBundleRef ConfigMap, or its key, that does not exist.
-const ReasonCABundleNotFound = "CABundleNotFound"
-
 // caBundle reads spec.caBundleRef from a Secret or a ConfigMap (data or binaryData) of the
 // endpoint's namespace, through the same cache and ttl as Secrets.
 func (s *secretReader) caBundle(ctx context.Context, namespace string, ref webhooksv1alpha1.CABundleRef) ([]byte, error) {
@@ -116,7 +104,7 @@ func (s *secretReader) caBundle(ctx context.Context, namespace string, ref webho
 	}
 	data, err := s.get(ctx, kindConfigMap, types.NamespacedName{Namespace: namespace, Name: ref.Name})
 	if apierrors.IsNotFound(err) {
-		return nil, &credentialError{reason: ReasonCABundleNotFound,
+		return nil, &credentialError{reason: webhooksv1alpha1.ReasonCABundleNotFound,
 			message: fmt.Sprintf("%s: ConfigMap %q not found in namespace %q", field, ref.Name, namespace)}
 	}
 	if err != nil {
@@ -125,7 +113,7 @@ func (s *secretReader) caBundle(ctx context.Context, namespace string, ref webho
 	if v := data[ref.Key]; len(v) > 0 {
 		return v, nil
 	}
-	return nil, &credentialError{reason: ReasonCABundleNotFound,
+	return nil, &credentialError{reason: webhooksv1alpha1.ReasonCABundleNotFound,
 		message: fmt.Sprintf("%s: ConfigMap %q has no key %q (or it is empty)", field, ref.Name, ref.Key)}
 }
 
@@ -139,7 +127,7 @@ func (s *secretReader) signingKey(ctx context.Context, namespace string, ref web
 	key, err := dispatcher.ParseStandardWebhooksSecret(v)
 	if err != nil {
 		// The error describes the format, never the value.
-		return nil, &credentialError{reason: ReasonInvalidSecret,
+		return nil, &credentialError{reason: webhooksv1alpha1.ReasonInvalidSecret,
 			message: fmt.Sprintf("%s: key %q of Secret %q: %v", field, ref.Key, ref.Name, err)}
 	}
 	return key, nil
@@ -148,7 +136,7 @@ func (s *secretReader) signingKey(ctx context.Context, namespace string, ref web
 func (s *secretReader) value(ctx context.Context, namespace string, ref webhooksv1alpha1.SecretKeyRef, field string) ([]byte, error) {
 	data, err := s.get(ctx, kindSecret, types.NamespacedName{Namespace: namespace, Name: ref.Name})
 	if apierrors.IsNotFound(err) {
-		return nil, &credentialError{reason: ReasonSecretNotFound,
+		return nil, &credentialError{reason: webhooksv1alpha1.ReasonSecretNotFound,
 			message: fmt.Sprintf("%s: Secret %q not found in namespace %q", field, ref.Name, namespace)}
 	}
 	if err != nil {
@@ -156,7 +144,7 @@ func (s *secretReader) value(ctx context.Context, namespace string, ref webhooks
 	}
 	v, ok := data[ref.Key]
 	if !ok || len(v) == 0 {
-		return nil, &credentialError{reason: ReasonSecretKeyNotFound,
+		return nil, &credentialError{reason: webhooksv1alpha1.ReasonSecretKeyNotFound,
 			message: fmt.Sprintf("%s: Secret %q has no key %q (or it is empty)", field, ref.Name, ref.Key)}
 	}
 	return v, nil

@@ -16,7 +16,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // When the status write after an attempt fails (the API server is unreachable), the next
@@ -26,7 +26,7 @@ func TestFailedStatusWriteIsRetriedWithoutResending(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	create(t, newEndpoint(ns, "flaky-api", rcv.URL))
 	d := webhooksv1alpha1.NewDelivery(ns, "flaky-api", newEvent("evt-held"))
 	create(t, d)
@@ -49,12 +49,13 @@ func TestFailedStatusWriteIsRetriedWithoutResending(t *testing.T) {
 		Client: c, Sender: dispatcher.NewSender(dispatcher.SenderOptions{}), Recorder: discardRecorder{},
 		Clock: clock.RealClock{}, Jitter: func() float64 { return 0 }, Options: opts,
 		secrets: newSecretReader(env.Client, 0, time.Now), health: newEndpointHealth(),
-		limiter: newInflightLimiter(8), expectations: newAttemptExpectations(),
+		attempts: newAttemptRunner(nil), limiter: newInflightLimiter(0, nil), expectations: newAttemptExpectations(),
 	}
 	req := ctrl.Request{NamespacedName: client.ObjectKeyFromObject(d)}
 
-	_, err = r.Reconcile(context.Background(), req) // sends; the status write fails
-	g.Expect(err).To(HaveOccurred())
+	_, err = r.Reconcile(context.Background(), req) // hands the attempt over: it sends; the status write fails
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(r.attempts.waitIdle(10 * time.Second)).To(BeTrue())
 	g.Expect(rcv.Count()).To(Equal(1))
 	_, err = r.Reconcile(context.Background(), req) // writes the held status; fails again
 	g.Expect(err).To(HaveOccurred())

@@ -2,13 +2,13 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
@@ -20,27 +20,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
-)
-
-// Reasons of a delivery's conditions and Events.
-const (
-	ReasonDelivered         = "Delivered"
-	ReasonPending           = "Pending"
-	ReasonAttemptFailed     = "AttemptFailed"
-	ReasonRetriesExhausted  = "RetriesExhausted"
-	ReasonEndpointNotFound  = "EndpointNotFound"
-	ReasonEndpointPaused    = "EndpointPaused"
-	ReasonEndpointDisabled  = "EndpointDisabled"
-	ReasonInvalidEvent      = "InvalidEvent"
-	ReasonEndpointFailing   = "EndpointFailing"
-	ReasonEndpointRecovered = "EndpointRecovered"
-	// ReasonEndpointGone: the receiver answered 410 Gone. The delivery fails at once, without
-	// retries, and the endpoint gets a Warning Event (see docs/security.md).
-	ReasonEndpointGone = "EndpointGone"
 )
 
 // endpointRefIndex indexes deliveries by the endpoint they are for.
@@ -60,11 +42,13 @@ type WebhookDeliveryReconciler struct {
 	secrets      *secretReader
 	health       *endpointHealth
 	limiter      *inflightLimiter
+	attempts     *attemptRunner
 	expectations *attemptExpectations
 	// apiReader reads finished deliveries, which the cache does not hold (cache.go).
 	apiReader client.Reader
-	// finishedRetries brings finished deliveries that carry a retry annotation (retrywatch.go).
-	finishedRetries chan event.TypedGenericEvent[*webhooksv1alpha1.WebhookDelivery]
+	// archive copies deliveries into the history store after each status write; nil without a
+	// store.
+	archive *archiver
 }
 
 // +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookdeliveries,verbs=get;list;watch;delete
@@ -74,23 +58,29 @@ type WebhookDeliveryReconciler struct {
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// Reconcile delivers one delivery, or waits for it to be due.
+// Reconcile decides whether a delivery is due and, when it is, hands its attempt to the
+// attempt runner (attempts.go); or it records why the delivery waits.
 func (r *WebhookDeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	d, err := r.get(ctx, req.NamespacedName)
+	key := req.NamespacedName
+	if r.attempts.busy(key) {
+		return ctrl.Result{}, nil // the attempt under way schedules what comes next
+	}
+	d, err := r.get(ctx, key)
 	if d == nil || err != nil {
 		return ctrl.Result{}, err
 	}
-	if held := r.expectations.unwritten(req.NamespacedName, d.UID, d.Status.Attempts); held != nil {
+	if held := r.expectations.unwritten(key, d.UID, d.Status.Attempts); held != nil {
 		// An attempt was made but its status write failed: write it now, do not send again.
 		base := d.DeepCopy()
 		d.Status = *held
-		if err := r.patchStatus(ctx, base, d); err != nil {
+		if err := patchStatus(ctx, r.Client, base, d); err != nil {
 			return ctrl.Result{}, err
 		}
-		r.expectations.expect(req.NamespacedName, d.UID, held.Attempts)
+		r.archive.note(d)
+		r.expectations.expect(key, d.UID, held.Attempts)
 		return ctrl.Result{RequeueAfter: time.Second}, nil
 	}
-	if !r.expectations.satisfied(req.NamespacedName, d.UID, d.Status.Attempts) {
+	if !r.expectations.satisfied(key, d.UID, d.Status.Attempts) {
 		// The cache has not yet seen our last status write: acting now could send twice.
 		return ctrl.Result{RequeueAfter: time.Second}, nil
 	}
@@ -102,38 +92,37 @@ func (r *WebhookDeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	token := d.Annotations[webhooksv1alpha1.RetryAnnotation]
 	manual := token != "" && token != d.Status.LastRetryToken
 	if d.Status.Phase.Finished() && !manual {
-		return ctrl.Result{}, nil // retention is the sweeper's (retention.go)
+		return ctrl.Result{}, nil // its time in etcd is the sweeper's (retention.go)
 	}
 	if next := d.Status.NextAttemptTime; !manual && next != nil && now.Before(next.Time) {
 		return ctrl.Result{RequeueAfter: next.Sub(now)}, nil
 	}
 
 	base := d.DeepCopy()
-	ep, creds, wait, err := r.endpointFor(ctx, d)
+	ep, creds, err := r.endpointFor(ctx, d)
+	if wait := (*waitError)(nil); errors.As(err, &wait) {
+		setWaiting(d, wait)
+		if err := patchStatus(ctx, r.Client, base, d); err != nil {
+			return ctrl.Result{}, err
+		}
+		r.archive.note(d)
+		return ctrl.Result{RequeueAfter: wait.RequeueAfter}, nil
+	}
 	if err != nil {
 		return ctrl.Result{}, err
-	}
-	if wait != nil {
-		setWaiting(d, wait.reason, wait.message)
-		return ctrl.Result{RequeueAfter: wait.requeueAfter}, r.patchStatus(ctx, base, d)
 	}
 
 	epKey := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
-	if !r.limiter.tryAcquire(epKey, req.NamespacedName) {
-		// The endpoint has as many attempts in flight as allowed; a freed slot wakes this one.
+	if !r.limiter.tryAcquire(epKey, key, r.Options.MaxInFlightPerEndpoint) {
+		// The endpoint (or the operator) has as many attempts in flight as allowed; a freed slot
+		// wakes this one, and this requeue is the fallback.
 		return ctrl.Result{RequeueAfter: ep.Spec.GetTimeout() + time.Second}, nil
 	}
-	result, err := r.attempt(ctx, d, ep, creds, manual, token)
-	r.limiter.release(epKey)
-	if err != nil {
-		return ctrl.Result{}, err
-	}
-	if err := r.patchStatus(ctx, base, d); err != nil {
-		r.expectations.holdUnwritten(req.NamespacedName, d.UID, d.Status.DeepCopy())
-		return ctrl.Result{}, err
-	}
-	r.expectations.expect(req.NamespacedName, d.UID, d.Status.Attempts)
-	return result, nil
+	r.attempts.run(key, func(ctx context.Context) (time.Duration, bool) {
+		defer r.limiter.release(epKey)
+		return r.attempt(ctx, base, d, ep, creds, manual, token)
+	})
+	return ctrl.Result{}, nil
 }
 
 // get reads a delivery: from the cache, which holds the unfinished ones, or else through the
@@ -154,255 +143,128 @@ func (r *WebhookDeliveryReconciler) get(ctx context.Context, key types.Namespace
 	return d, nil
 }
 
-// waitReason says why a delivery cannot be attempted now.
-type waitReason struct {
-	reason, message string
-	requeueAfter    time.Duration
-}
-
-// endpointFor finds the delivery's endpoint and its credentials, or the reason to wait.
-func (r *WebhookDeliveryReconciler) endpointFor(ctx context.Context, d *webhooksv1alpha1.WebhookDelivery) (*webhooksv1alpha1.WebhookEndpoint, credentials, *waitReason, error) {
+// endpointFor finds the delivery's endpoint and its credentials. A *waitError says why the
+// delivery cannot be attempted now; any other error is an API failure.
+func (r *WebhookDeliveryReconciler) endpointFor(ctx context.Context, d *webhooksv1alpha1.WebhookDelivery) (*webhooksv1alpha1.WebhookEndpoint, credentials, error) {
 	ep := &webhooksv1alpha1.WebhookEndpoint{}
 	key := types.NamespacedName{Namespace: d.Namespace, Name: d.Spec.EndpointRef.Name}
 	if err := r.Get(ctx, key, ep); err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil, credentials{}, &waitReason{ReasonEndpointNotFound,
-				fmt.Sprintf("WebhookEndpoint %q not found in this namespace; the delivery waits for it", key.Name),
-				r.Options.WaitRetryInterval}, nil
+			return nil, credentials{}, &waitError{Reason: webhooksv1alpha1.ReasonEndpointNotFound,
+				Message:      fmt.Sprintf("WebhookEndpoint %q not found in this namespace; the delivery waits for it", key.Name),
+				RequeueAfter: r.Options.WaitRetryInterval}
 		}
-		return nil, credentials{}, nil, err
+		return nil, credentials{}, err
 	}
 	if ep.Status.DisabledSince != nil {
 		// Parked, not dropped: the endpoint watch wakes the delivery when it is re-enabled.
-		return nil, credentials{}, &waitReason{ReasonEndpointDisabled,
-			fmt.Sprintf("WebhookEndpoint %q is disabled (%s); the delivery is parked until the endpoint is re-enabled with the %s annotation or a change of its spec",
-				ep.Name, ep.Status.DisabledReason, webhooksv1alpha1.EnableAnnotation), 0}, nil
+		return nil, credentials{}, &waitError{Reason: webhooksv1alpha1.ReasonEndpointDisabled,
+			Message: fmt.Sprintf("WebhookEndpoint %q is disabled (%s); the delivery is parked until the endpoint is re-enabled with the %s annotation or a change of its spec",
+				ep.Name, ep.Status.DisabledReason, webhooksv1alpha1.EnableAnnotation)}
 	}
 	if ep.Spec.Paused {
 		// The endpoint watch wakes the delivery when the endpoint is unpaused.
-		return nil, credentials{}, &waitReason{ReasonEndpointPaused,
-			fmt.Sprintf("WebhookEndpoint %q is paused; the delivery waits until spec.paused is false", ep.Name), 0}, nil
+		return nil, credentials{}, &waitError{Reason: webhooksv1alpha1.ReasonEndpointPaused,
+			Message: fmt.Sprintf("WebhookEndpoint %q is paused; the delivery waits until spec.paused is false", ep.Name)}
 	}
 	creds, err := r.secrets.resolve(ctx, ep)
-	if cerr, ok := err.(*credentialError); ok {
-		return nil, credentials{}, &waitReason{cerr.reason, cerr.message + "; the delivery waits for it", r.Options.WaitRetryInterval}, nil
+	if cerr := (*credentialError)(nil); errors.As(err, &cerr) {
+		return nil, credentials{}, &waitError{Reason: cerr.reason, Message: cerr.message + "; the delivery waits for it",
+			RequeueAfter: r.Options.WaitRetryInterval}
 	}
 	if err != nil {
-		return nil, credentials{}, nil, err
+		return nil, credentials{}, err
 	}
-	return ep, creds, nil, nil
+	return ep, creds, nil
 }
 
-// attempt sends the event once and records the result in d's status.
-func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, d *webhooksv1alpha1.WebhookDelivery, ep *webhooksv1alpha1.WebhookEndpoint, creds credentials, manual bool, token string) (ctrl.Result, error) {
-	log := ctrl.LoggerFrom(ctx).WithValues("endpoint", ep.Name, "eventID", d.Spec.Event.ID)
-	wasFinished := d.Status.Phase.Finished()
+// attempt sends the event once, records the attempt and its outcome in d's status, writes it,
+// and returns when to reconcile the delivery next (failed: with the queue's backoff, for a
+// status write that failed). base is d as read, for the status patch. It runs in the attempt
+// runner, with its own slot of the in-flight limit.
+func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, base, d *webhooksv1alpha1.WebhookDelivery, ep *webhooksv1alpha1.WebhookEndpoint,
+	creds credentials, manual bool, token string) (after time.Duration, failed bool) {
+	key := types.NamespacedName{Namespace: d.Namespace, Name: d.Name}
+	log := ctrl.LoggerFrom(ctx).WithValues("webhookDelivery", key, "endpoint", ep.Name, "eventID", d.Spec.Event.ID)
+	previous := d.Status.Phase
 	trigger := webhooksv1alpha1.TriggerScheduled
 	if manual {
 		trigger = webhooksv1alpha1.TriggerManual
 		d.Status.LastRetryToken = token
 	}
-	number := d.Status.Attempts + 1
+	n := d.Status.Attempts + 1
+	if restored := restoredAttempts(d); restored > 0 && d.Status.Attempts == 0 {
+		// Re-created from its history record: its earlier attempts continue the numbering, and
+		// it is as finished as it was when it left etcd.
+		n, previous = restored+1, webhooksv1alpha1.PhaseFailed
+	}
 
-	body, err := payloadFor(d.Spec.Event).Body()
+	var outcome attemptOutcome
+	req, err := requestFor(d, ep, creds, n)
 	if err != nil {
 		// The CRD schema makes this unreachable through the API; fail terminally if it happens.
-		r.finish(d, webhooksv1alpha1.PhaseFailed, ReasonInvalidEvent, "the event cannot be serialised: "+err.Error())
-		return ctrl.Result{}, nil
+		outcome = attemptOutcome{Phase: webhooksv1alpha1.PhaseFailed, Reason: webhooksv1alpha1.ReasonInvalidEvent,
+			Message: "the event cannot be serialised: " + err.Error()}
+	} else {
+		started := r.Clock.Now()
+		observed := observeAttempt(d, manual, started)
+		res := r.Sender.Send(ctx, req)
+		observed(res)
+		recordAttempt(&d.Status, n, trigger, started, res)
+		log.V(1).Info("attempt made", "attempt", n, "trigger", trigger, "result", res.Class,
+			"statusCode", res.StatusCode, "durationMs", res.Duration.Milliseconds())
+		r.recordHealth(ep, res, started)
+		outcome = decideOutcome(attemptDecision{
+			Number: n, Result: res, Manual: manual, PreviousPhase: previous,
+			ManualAttempts: countManual(d.Status.History), Policy: policyFor(ep),
+			Now: r.Clock.Now(), Jitter: r.Jitter(),
+		})
 	}
-	msg := dispatcher.Message{
-		URL:       ep.Spec.URL,
-		Body:      body,
-		EventID:   d.Spec.Event.ID,
-		EventType: d.Spec.Event.Type,
-		Attempt:   number,
-		Signing:   creds.signing,
-		Timeout:   ep.Spec.GetTimeout(),
-		CABundle:  creds.caBundle,
+	applyOutcome(d, outcome, r.Clock.Now())
+	observeFinished(d.Namespace, previous, outcome.Phase)
+	if e := outcome.Event; e != nil {
+		r.Recorder.Eventf(d, ep, e.Type, e.Reason, "Deliver", "%s", e.Message)
 	}
-	if creds.authHeaderName != "" {
-		msg.Headers = map[string][]string{creds.authHeaderName: {creds.authHeaderValue}}
+	switch outcome.Phase {
+	case webhooksv1alpha1.PhaseRetrying:
+		log.V(1).Info("retry scheduled", "attempt", n, "nextAttemptTime", outcome.NextAttempt)
+	case webhooksv1alpha1.PhaseFailed:
+		log.Info("delivery failed", "attempt", n, "reason", outcome.Reason)
 	}
 
-	started := r.Clock.Now()
-	observed := observeAttempt(d, manual, started)
-	res := r.Sender.Send(ctx, msg)
-	observed(res)
-	now := r.Clock.Now()
-
-	d.Status.Attempts = number
-	d.Status.LastAttemptTime = &metav1.Time{Time: started}
-	d.Status.LastStatusCode = int32(res.StatusCode)
-	d.Status.LastDurationMilliseconds = res.Duration.Milliseconds()
-	d.Status.LastError = res.Error
-	d.Status.History = append(d.Status.History, webhooksv1alpha1.Attempt{
-		Number: number, Time: metav1.Time{Time: started}, StatusCode: int32(res.StatusCode),
-		DurationMilliseconds: res.Duration.Milliseconds(), Result: string(res.Class), Error: res.Error, Trigger: trigger,
-	})
-	if n := len(d.Status.History); n > webhooksv1alpha1.MaxAttemptHistory {
-		d.Status.History = d.Status.History[n-webhooksv1alpha1.MaxAttemptHistory:]
+	if err := patchStatus(ctx, r.Client, base, d); err != nil {
+		log.Error(err, "writing the attempt to status failed; it is written again before anything else is done with the delivery")
+		r.expectations.holdUnwritten(key, d.UID, d.Status.DeepCopy())
+		return 0, true
 	}
-	log.V(1).Info("attempt made", "attempt", number, "trigger", trigger, "result", res.Class,
-		"statusCode", res.StatusCode, "durationMs", res.Duration.Milliseconds())
+	r.expectations.expect(key, d.UID, d.Status.Attempts)
+	r.archive.note(d)
+	if outcome.Phase == webhooksv1alpha1.PhaseRetrying {
+		return max(outcome.NextAttempt.Sub(r.Clock.Now()), time.Millisecond), false
+	}
+	return 0, false
+}
 
-	switch transition := r.health.record(ep, res.Succeeded(), res.StatusCode == http.StatusGone, started); transition {
+// restoredAttempts is the number of attempts of the history record a delivery was re-created
+// from (its RestoredAttemptsAnnotation), 0 for any other delivery.
+func restoredAttempts(d *webhooksv1alpha1.WebhookDelivery) int32 {
+	n, err := strconv.ParseInt(d.Annotations[webhooksv1alpha1.RestoredAttemptsAnnotation], 10, 32)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return int32(n)
+}
+
+// recordHealth adds an attempt's result to its endpoint's health, and records an Event on the
+// endpoint when it starts or stops failing.
+func (r *WebhookDeliveryReconciler) recordHealth(ep *webhooksv1alpha1.WebhookEndpoint, res dispatcher.Result, at time.Time) {
+	switch r.health.record(ep, res.Succeeded(), res.StatusCode == http.StatusGone, at) {
 	case transitionFailing:
-		r.Recorder.Eventf(ep, nil, "Warning", ReasonEndpointFailing, "Deliver",
+		r.Recorder.Eventf(ep, nil, "Warning", webhooksv1alpha1.EventReasonEndpointFailing, "Deliver",
 			"an attempt to this endpoint failed (%s); deliveries are retried per the retry policy", describe(res))
 	case transitionRecovered:
-		r.Recorder.Eventf(ep, nil, "Normal", ReasonEndpointRecovered, "Deliver", "the endpoint accepts deliveries again")
+		r.Recorder.Eventf(ep, nil, "Normal", webhooksv1alpha1.EventReasonEndpointRecovered, "Deliver", "the endpoint accepts deliveries again")
 	}
-
-	policy := policyFor(ep)
-	switch {
-	case res.Succeeded():
-		r.finish(d, webhooksv1alpha1.PhaseSucceeded, ReasonDelivered, fmt.Sprintf("delivered at attempt %d (HTTP %d)", number, res.StatusCode))
-		if number > 1 {
-			r.Recorder.Eventf(d, ep, "Normal", ReasonDelivered, "Deliver", "delivered at attempt %d after earlier failures", number)
-		}
-		return ctrl.Result{}, nil
-
-	case res.StatusCode == http.StatusGone:
-		// 410 is the receiver saying the URL is gone for good: retrying cannot succeed.
-		// The endpoint is disabled too (its reconciler, from the health record): its other
-		// deliveries are parked, not failed one by one, until it is fixed and re-enabled.
-		msg := fmt.Sprintf("attempt %d: the receiver answered 410 Gone, so the delivery is not retried; once the endpoint is fixed, retry with the %s annotation",
-			number, webhooksv1alpha1.RetryAnnotation)
-		r.finish(d, webhooksv1alpha1.PhaseFailed, ReasonEndpointGone, msg)
-		log.Info("delivery failed: the receiver answered 410 Gone", "attempt", number)
-		return ctrl.Result{}, nil
-
-	case (manual && wasFinished) || policy.Exhausted(number):
-		msg := fmt.Sprintf("attempt %d failed (%s); no automatic attempt is left: retry with the %s annotation",
-			number, describe(res), webhooksv1alpha1.RetryAnnotation)
-		if d.Status.Phase != webhooksv1alpha1.PhaseFailed {
-			r.Recorder.Eventf(d, ep, "Warning", ReasonRetriesExhausted, "Deliver", "%s", msg)
-		}
-		r.finish(d, webhooksv1alpha1.PhaseFailed, ReasonRetriesExhausted, msg)
-		log.Info("delivery failed, retries exhausted", "attempt", number, "result", res.Class, "statusCode", res.StatusCode)
-		return ctrl.Result{}, nil
-
-	default:
-		next := now.Add(policy.Delay(number-countManual(d.Status.History), res.RetryAfter, r.Jitter()))
-		d.Status.Phase = webhooksv1alpha1.PhaseRetrying
-		d.Status.NextAttemptTime = &metav1.Time{Time: next}
-		msg := fmt.Sprintf("attempt %d of %d failed (%s); next attempt at %s",
-			number, policy.MaxRetries+1, describe(res), next.UTC().Format(time.RFC3339))
-		setConditions(d, metav1.ConditionFalse, ReasonAttemptFailed, msg)
-		if number == 1 {
-			r.Recorder.Eventf(d, ep, "Warning", ReasonAttemptFailed, "Deliver", "%s", msg)
-		}
-		log.V(1).Info("retry scheduled", "attempt", number, "nextAttemptTime", next)
-		return ctrl.Result{RequeueAfter: next.Sub(now)}, nil
-	}
-}
-
-// countManual counts manual attempts among the recent history, so that they do not make the
-// automatic schedule's waits longer.
-func countManual(history []webhooksv1alpha1.Attempt) int32 {
-	var n int32
-	for _, a := range history {
-		if a.Trigger == webhooksv1alpha1.TriggerManual {
-			n++
-		}
-	}
-	return n
-}
-
-func describe(res dispatcher.Result) string {
-	if res.Error != "" {
-		return res.Error
-	}
-	return string(res.Class)
-}
-
-// finish marks a delivery Succeeded or Failed.
-func (r *WebhookDeliveryReconciler) finish(d *webhooksv1alpha1.WebhookDelivery, phase webhooksv1alpha1.DeliveryPhase, reason, message string) {
-	observeFinished(d.Namespace, d.Status.Phase, phase)
-	d.Status.Phase = phase
-	d.Status.NextAttemptTime = nil
-	d.Status.CompletionTime = &metav1.Time{Time: r.Clock.Now()}
-	status := metav1.ConditionFalse
-	if phase == webhooksv1alpha1.PhaseSucceeded {
-		status = metav1.ConditionTrue
-	}
-	setConditions(d, status, reason, message)
-}
-
-// setConditions sets Ready, and Reconciling and Stalled from the phase.
-func setConditions(d *webhooksv1alpha1.WebhookDelivery, ready metav1.ConditionStatus, reason, message string) {
-	g := d.Generation
-	d.Status.ObservedGeneration = g
-	set := func(t string, s metav1.ConditionStatus, reason, message string) {
-		meta.SetStatusCondition(&d.Status.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: message, ObservedGeneration: g})
-	}
-	set(webhooksv1alpha1.ConditionReady, ready, reason, message)
-	switch d.Status.Phase {
-	case webhooksv1alpha1.PhaseSucceeded:
-		meta.RemoveStatusCondition(&d.Status.Conditions, webhooksv1alpha1.ConditionReconciling)
-		meta.RemoveStatusCondition(&d.Status.Conditions, webhooksv1alpha1.ConditionStalled)
-	case webhooksv1alpha1.PhaseFailed:
-		meta.RemoveStatusCondition(&d.Status.Conditions, webhooksv1alpha1.ConditionReconciling)
-		set(webhooksv1alpha1.ConditionStalled, metav1.ConditionTrue, reason, message)
-	default:
-		set(webhooksv1alpha1.ConditionReconciling, metav1.ConditionTrue, reason, message)
-		meta.RemoveStatusCondition(&d.Status.Conditions, webhooksv1alpha1.ConditionStalled)
-	}
-}
-
-// setWaiting records why a delivery is not attempted now.
-func setWaiting(d *webhooksv1alpha1.WebhookDelivery, reason, message string) {
-	if d.Status.Attempts == 0 {
-		d.Status.Phase = webhooksv1alpha1.PhasePending
-	}
-	setConditions(d, metav1.ConditionFalse, reason, message)
-}
-
-// patchStatus writes the status delta, and nothing when nothing changed.
-func (r *WebhookDeliveryReconciler) patchStatus(ctx context.Context, base, d *webhooksv1alpha1.WebhookDelivery) error {
-	patch := client.MergeFrom(base)
-	data, err := patch.Data(d)
-	if err != nil {
-		return err
-	}
-	if string(data) == "{}" {
-		return nil
-	}
-	return r.Status().Patch(ctx, d, client.RawPatch(patch.Type(), data))
-}
-
-// policyFor is the endpoint's retry policy with defaults applied.
-func policyFor(ep *webhooksv1alpha1.WebhookEndpoint) dispatcher.Policy {
-	p := ep.Spec.RetryPolicy
-	return dispatcher.Policy{
-		MaxRetries:    p.GetMaxRetries(),
-		InitialDelay:  p.GetInitialDelay(),
-		Factor:        p.GetBackoffFactor(),
-		MaxDelay:      p.GetMaxDelay(),
-		JitterPercent: p.GetJitterPercent(),
-	}
-}
-
-// payloadFor maps an event of the API onto the wire payload.
-func payloadFor(e webhooksv1alpha1.Event) dispatcher.Payload {
-	p := dispatcher.Payload{
-		EventID:        e.ID,
-		EventType:      e.Type,
-		Timestamp:      e.Timestamp,
-		OrganizationID: e.OrganizationID,
-		Document: dispatcher.Document{
-			DocumentID:   e.Document.DocumentID,
-			DocumentName: e.Document.DocumentName,
-			TagIDs:       e.Document.TagIDs,
-		},
-	}
-	if e.Document.Metadata != nil {
-		p.Document.Metadata = e.Document.Metadata.Raw
-	}
-	if e.Data != nil {
-		p.Data = e.Data.Raw
-	}
-	return p
 }
 
 // deliveriesOf maps an endpoint to its unfinished deliveries, so that unpausing or fixing an
@@ -450,6 +312,9 @@ var enabledChanged = predicate.Funcs{
 // changes (the retry annotation) do, besides the schedule's RequeueAfter.
 func (r *WebhookDeliveryReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
 	r.apiReader = mgr.GetAPIReader()
+	if err := mgr.Add(r.attempts); err != nil {
+		return err
+	}
 	if err := mgr.Add(pendingReporter{reader: mgr.GetCache()}); err != nil {
 		return err
 	}
@@ -468,8 +333,7 @@ func (r *WebhookDeliveryReconciler) SetupWithManager(ctx context.Context, mgr ct
 				return r.deliveriesOf(ctx, o.(*webhooksv1alpha1.WebhookEndpoint))
 			}),
 			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, enabledChanged))).
-		WatchesRawSource(source.Channel(r.limiter.wake, &handler.TypedEnqueueRequestForObject[*webhooksv1alpha1.WebhookDelivery]{})).
-		WatchesRawSource(source.Channel(r.finishedRetries, &handler.TypedEnqueueRequestForObject[*webhooksv1alpha1.WebhookDelivery]{})).
+		WatchesRawSource(r.attempts.source()).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.Workers, RateLimiter: failureRateLimiter()}).
 		Complete(r)
 }

@@ -16,7 +16,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // A delivery to a healthy receiver succeeds at its first attempt, signed as the product docs
@@ -25,7 +25,7 @@ func TestDeliverySucceedsAtFirstAttempt(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	startOperator(t, ns, testOptions())
 
 	create(t, newEndpoint(ns, "crm", rcv.URL+"/hooks"))
@@ -71,7 +71,7 @@ func TestDeliverySucceedsAtFirstAttempt(t *testing.T) {
 		ep := getEndpoint(g, ns, "crm")
 		g.Expect(ep.Status.LastSuccessTime).NotTo(BeNil())
 		g.Expect(ep.Status.ConsecutiveFailures).To(BeZero())
-		g.Expect(condition(ep.Status.Conditions, "Ready").Reason).To(Equal(ReasonValid))
+		g.Expect(condition(ep.Status.Conditions, "Ready").Reason).To(Equal(webhooksv1alpha1.ReasonValid))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 }
 
@@ -81,7 +81,7 @@ func TestRetriesWithBackoffUntilSuccess(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, 500, 500, 200)
+	rcv := testreceiver.New(t, testKey, 500, 500, 200)
 	startOperator(t, ns, testOptions())
 
 	create(t, newEndpoint(ns, "flaky", rcv.URL))
@@ -123,7 +123,7 @@ func TestExhaustionThenManualRetry(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, 503)
+	rcv := testreceiver.New(t, testKey, 503)
 	startOperator(t, ns, testOptions())
 
 	create(t, newEndpoint(ns, "down", rcv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
@@ -138,10 +138,10 @@ func TestExhaustionThenManualRetry(t *testing.T) {
 		g.Expect(got.Status.Attempts).To(Equal(int32(2)))
 		g.Expect(got.Status.NextAttemptTime).To(BeNil())
 		g.Expect(condition(got.Status.Conditions, "Stalled").Status).To(Equal(metav1.ConditionTrue))
-		g.Expect(condition(got.Status.Conditions, "Ready").Reason).To(Equal(ReasonRetriesExhausted))
+		g.Expect(condition(got.Status.Conditions, "Ready").Reason).To(Equal(webhooksv1alpha1.ReasonRetriesExhausted))
 	}).WithTimeout(15 * time.Second).Should(Succeed())
 	g.Eventually(func(g Gomega) []string { return eventReasons(g, ns, d.Name) }).
-		WithTimeout(10 * time.Second).Should(ContainElements(ReasonAttemptFailed, ReasonRetriesExhausted))
+		WithTimeout(10 * time.Second).Should(ContainElements(webhooksv1alpha1.ReasonAttemptFailed, webhooksv1alpha1.ReasonRetriesExhausted))
 	g.Consistently(rcv.Count).WithTimeout(2 * time.Second).Should(Equal(2))
 
 	rcv.SetStatuses(http.StatusNoContent)
@@ -171,7 +171,7 @@ func TestExhaustionThenManualRetry(t *testing.T) {
 func TestMissingSecretHoldsDeliveries(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	startOperator(t, ns, testOptions())
 
 	create(t, newEndpoint(ns, "nosecret", rcv.URL))
@@ -182,14 +182,14 @@ func TestMissingSecretHoldsDeliveries(t *testing.T) {
 		ep := getEndpoint(g, ns, "nosecret")
 		ready := condition(ep.Status.Conditions, "Ready")
 		g.Expect(ready.Status).To(Equal(metav1.ConditionFalse))
-		g.Expect(ready.Reason).To(Equal(ReasonSecretNotFound))
+		g.Expect(ready.Reason).To(Equal(webhooksv1alpha1.ReasonSecretNotFound))
 		g.Expect(ready.Message).To(ContainSubstring(`Secret "signing" not found`))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	g.Eventually(func(g Gomega) {
 		got := getDelivery(g, ns, d.Name)
 		g.Expect(got.Status.Phase).To(Equal(webhooksv1alpha1.PhasePending))
 		g.Expect(got.Status.Attempts).To(BeZero())
-		g.Expect(condition(got.Status.Conditions, "Ready").Reason).To(Equal(ReasonSecretNotFound))
+		g.Expect(condition(got.Status.Conditions, "Ready").Reason).To(Equal(webhooksv1alpha1.ReasonSecretNotFound))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 	g.Expect(rcv.Count()).To(BeZero())
 
@@ -197,7 +197,7 @@ func TestMissingSecretHoldsDeliveries(t *testing.T) {
 	create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "signing"}, Data: map[string][]byte{"other": []byte("x")}})
 	g.Eventually(func(g Gomega) string {
 		return condition(getDelivery(g, ns, d.Name).Status.Conditions, "Ready").Reason
-	}).WithTimeout(10 * time.Second).Should(Equal(ReasonSecretKeyNotFound))
+	}).WithTimeout(10 * time.Second).Should(Equal(webhooksv1alpha1.ReasonSecretKeyNotFound))
 
 	s := &corev1.Secret{}
 	g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "signing"}, s)).To(Succeed())
@@ -214,7 +214,7 @@ func TestPausedEndpointHoldsDeliveries(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	startOperator(t, ns, testOptions())
 
 	ep := newEndpoint(ns, "paused", rcv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) { ep.Spec.Paused = true })
@@ -223,7 +223,7 @@ func TestPausedEndpointHoldsDeliveries(t *testing.T) {
 	create(t, d)
 	g.Eventually(func(g Gomega) string {
 		return condition(getDelivery(g, ns, d.Name).Status.Conditions, "Ready").Reason
-	}).WithTimeout(10 * time.Second).Should(Equal(ReasonEndpointPaused))
+	}).WithTimeout(10 * time.Second).Should(Equal(webhooksv1alpha1.ReasonEndpointPaused))
 	g.Consistently(rcv.Count).WithTimeout(time.Second).Should(BeZero())
 
 	patch := client.MergeFrom(ep.DeepCopy())
@@ -238,7 +238,7 @@ func TestPausedEndpointHoldsDeliveries(t *testing.T) {
 func TestAuthHeaderFromSecret(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
-	rcv := testenv.NewReceiver(t, nil, http.StatusOK)
+	rcv := testreceiver.New(t, nil, http.StatusOK)
 	startOperator(t, ns, testOptions())
 	create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "n8n"}, Data: map[string][]byte{"token": []byte("Bearer n8n-token")}})
 	create(t, newEndpoint(ns, "n8n", rcv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
@@ -258,7 +258,7 @@ func TestTestAnnotationSendsOneTestEventPerToken(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	startOperator(t, ns, testOptions())
 	ep := newEndpoint(ns, "tested", rcv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
 		ep.Spec.EventTypes = []string{"document.uploaded"} // the test event is sent regardless
@@ -293,7 +293,7 @@ func TestRestartResumesScheduleWithoutBurst(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, 500, 200)
+	rcv := testreceiver.New(t, testKey, 500, 200)
 	stop := startOperator(t, ns, testOptions())
 	create(t, newEndpoint(ns, "restart", rcv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
 		ep.Spec.RetryPolicy.InitialDelaySeconds = ptr.To[int32](4)
@@ -326,7 +326,7 @@ func TestNoDuplicateSendWhenTouchedAfterSuccess(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	startOperator(t, ns, testOptions())
 	create(t, newEndpoint(ns, "once", rcv.URL))
 

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
+	kerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -25,20 +26,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
-)
-
-// Reasons of an endpoint's Ready condition.
-const (
-	ReasonValid      = "Valid"
-	ReasonPaused     = "Paused"
-	ReasonInvalidURL = "InvalidURL"
-	// ReasonAutoDisabled: every attempt failed for the auto-disable period.
-	ReasonAutoDisabled = "AutoDisabled"
-	// ReasonReEnabled: the enable annotation re-enabled an auto-disabled endpoint.
-	ReasonReEnabled = "ReEnabled"
-	ReasonTestSent  = "TestDeliveryCreated"
-	// ReasonRetryingFailed is the Event of the retry-failed annotation.
-	ReasonRetryingFailed = "RetryingFailed"
 )
 
 // WebhookEndpointReconciler reports whether an endpoint can be delivered to, turns the test
@@ -53,9 +40,12 @@ type WebhookEndpointReconciler struct {
 	health  *endpointHealth
 	// apiReader lists Failed deliveries, which the cache does not hold.
 	apiReader client.Reader
+	// workingSet counts the endpoint's events in the history store's backlog.
+	workingSet *WorkingSet
 
-	mu              sync.Mutex
-	lastHealthWrite map[types.NamespacedName]time.Time
+	mu               sync.Mutex
+	lastHealthWrite  map[types.NamespacedName]time.Time
+	lastBacklogWrite map[types.NamespacedName]time.Time
 	// retriedTokens remembers the retry-failed token handled per endpoint until the cache shows
 	// it in status, so that a reconcile racing the status write does not handle it twice.
 	retriedTokens map[types.UID]string
@@ -84,8 +74,9 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 
 	defer func() {
 		ep.Status.ObservedGeneration = ep.Generation
-		if err := r.patchStatus(ctx, base, ep); err != nil {
-			retErr = err
+		if err := client.IgnoreNotFound(patchStatus(ctx, r.Client, base, ep)); err != nil {
+			// Both errors are reported: the reconcile's own, and the write that failed.
+			retErr = kerrors.NewAggregate([]error{retErr, err})
 			return
 		}
 		r.announce(ep, wasReady)
@@ -99,6 +90,7 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	r.enable(ep)
 	requeue, gone := r.copyHealth(ep)
+	requeue = minPositive(requeue, r.copyBacklog(ep))
 	requeue = minPositive(requeue, r.autoDisable(ep, gone))
 
 	ready, credentialProblem, err := r.readiness(ctx, ep)
@@ -123,10 +115,10 @@ func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv
 	u, perr := url.Parse(ep.Spec.URL)
 	switch {
 	case perr != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "":
-		ready.Reason, ready.Message = ReasonInvalidURL, "spec.url is not an absolute http(s) URL"
+		ready.Reason, ready.Message = webhooksv1alpha1.ReasonInvalidURL, "spec.url is not an absolute http(s) URL"
 		return ready, false, nil
 	case u.Scheme == "http" && !ep.Spec.AllowInsecureHTTP:
-		ready.Reason, ready.Message = ReasonInvalidURL, "spec.url uses http:// without spec.allowInsecureHTTP"
+		ready.Reason, ready.Message = webhooksv1alpha1.ReasonInvalidURL, "spec.url uses http:// without spec.allowInsecureHTTP"
 		return ready, false, nil
 	}
 	if _, err := r.secrets.resolve(ctx, ep); err != nil {
@@ -139,9 +131,9 @@ func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv
 	}
 	if since := ep.Status.DisabledSince; since != nil {
 		why := fmt.Sprintf("every attempt failed for %s", r.Options.AutoDisableAfter)
-		ready.Reason = ReasonAutoDisabled
-		if ep.Status.DisabledReason == ReasonEndpointGone {
-			why, ready.Reason = "the receiver answered 410 Gone", ReasonEndpointGone
+		ready.Reason = webhooksv1alpha1.ReasonAutoDisabled
+		if ep.Status.DisabledReason == webhooksv1alpha1.DisabledReasonGone {
+			why, ready.Reason = "the receiver answered 410 Gone", webhooksv1alpha1.ReasonEndpointGone
 		}
 		ready.Message = fmt.Sprintf("disabled at %s: %s; its deliveries are parked. Fix the receiver or spec.url "+
 			"(a spec change re-enables it), or: kubectl annotate webhookendpoint %s %s=$(date +%%s) --overwrite",
@@ -149,10 +141,10 @@ func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv
 		return ready, false, nil
 	}
 	if ep.Spec.Paused {
-		ready.Reason, ready.Message = ReasonPaused, "spec.paused is true: deliveries wait until it is false"
+		ready.Reason, ready.Message = webhooksv1alpha1.ReasonPaused, "spec.paused is true: deliveries wait until it is false"
 		return ready, false, nil
 	}
-	ready.Status, ready.Reason, ready.Message = metav1.ConditionTrue, ReasonValid, "the URL and Secrets are valid; deliveries are sent"
+	ready.Status, ready.Reason, ready.Message = metav1.ConditionTrue, webhooksv1alpha1.ReasonValid, "the URL and Secrets are valid; deliveries are sent"
 	return ready, false, nil
 }
 
@@ -166,7 +158,7 @@ func (r *WebhookEndpointReconciler) autoDisable(ep *webhooksv1alpha1.WebhookEndp
 	now := r.Clock.Now()
 	// The Ready condition says so, and its change is announced with a Warning Event.
 	if gone {
-		ep.Status.DisabledSince, ep.Status.DisabledReason = &metav1.Time{Time: now}, ReasonEndpointGone
+		ep.Status.DisabledSince, ep.Status.DisabledReason = &metav1.Time{Time: now}, webhooksv1alpha1.DisabledReasonGone
 		return 0
 	}
 	after, since := r.Options.AutoDisableAfter, ep.Status.FailingSince
@@ -176,7 +168,7 @@ func (r *WebhookEndpointReconciler) autoDisable(ep *webhooksv1alpha1.WebhookEndp
 	if wait := since.Add(after).Sub(now); wait > 0 {
 		return wait
 	}
-	ep.Status.DisabledSince, ep.Status.DisabledReason = &metav1.Time{Time: now}, ReasonAutoDisabled
+	ep.Status.DisabledSince, ep.Status.DisabledReason = &metav1.Time{Time: now}, webhooksv1alpha1.DisabledReasonAuto
 	return 0
 }
 
@@ -190,7 +182,7 @@ func (r *WebhookEndpointReconciler) enable(ep *webhooksv1alpha1.WebhookEndpoint)
 	}
 	// A spec change since the endpoint was disabled (a new URL, say) re-enables it too.
 	specChanged := ep.Status.ObservedGeneration != 0 && ep.Status.ObservedGeneration != ep.Generation
-	if ep.Status.DisabledSince == nil || !(annotated || specChanged) {
+	if ep.Status.DisabledSince == nil || (!annotated && !specChanged) {
 		return
 	}
 	now := r.Clock.Now()
@@ -199,7 +191,7 @@ func (r *WebhookEndpointReconciler) enable(ep *webhooksv1alpha1.WebhookEndpoint)
 		ep.Status.FailingSince = &metav1.Time{Time: now}
 	}
 	r.health.restart(types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}, now)
-	r.Recorder.Eventf(ep, nil, "Normal", ReasonReEnabled, "Enable", "re-enabled; parked deliveries resume")
+	r.Recorder.Eventf(ep, nil, "Normal", webhooksv1alpha1.EventReasonReEnabled, "Enable", "re-enabled; parked deliveries resume")
 }
 
 // sendTest creates one webhook.test delivery per value of the test annotation. The delivery's
@@ -221,7 +213,7 @@ func (r *WebhookEndpointReconciler) sendTest(ctx context.Context, ep *webhooksv1
 		return err
 	}
 	ep.Status.LastTestToken = token
-	r.Recorder.Eventf(ep, d, "Normal", ReasonTestSent, "Test", "created test delivery %s", d.Name)
+	r.Recorder.Eventf(ep, d, "Normal", webhooksv1alpha1.EventReasonTestDeliveryCreated, "Test", "created test delivery %s", d.Name)
 	return nil
 }
 
@@ -277,7 +269,7 @@ func (r *WebhookEndpointReconciler) retryFailed(ctx context.Context, ep *webhook
 	r.retriedTokens[ep.UID] = token
 	r.mu.Unlock()
 	ctrl.LoggerFrom(ctx).Info("retrying the endpoint's failed deliveries", "count", retried)
-	r.Recorder.Eventf(ep, nil, "Normal", ReasonRetryingFailed, "RetryFailed",
+	r.Recorder.Eventf(ep, nil, "Normal", webhooksv1alpha1.EventReasonRetryingFailed, "RetryFailed",
 		"retrying %d failed deliveries (%s=%s)", retried, webhooksv1alpha1.RetryFailedAnnotation, token)
 	return nil
 }
@@ -311,6 +303,34 @@ func (r *WebhookEndpointReconciler) copyHealth(ep *webhooksv1alpha1.WebhookEndpo
 	return 0, h.Gone
 }
 
+// copyBacklog copies the number of the endpoint's events in the store's backlog into status:
+// at once when a backlog starts or ends, else at most once per HealthUpdateInterval. It returns
+// when to look again if a write was held back.
+func (r *WebhookEndpointReconciler) copyBacklog(ep *webhooksv1alpha1.WebhookEndpoint) time.Duration {
+	if r.workingSet == nil {
+		return 0
+	}
+	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
+	n := r.workingSet.Backlog(key)
+	if n == ep.Status.Backlog {
+		return 0
+	}
+	now := r.Clock.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if last, ok := r.lastBacklogWrite[key]; ok && (n == 0) == (ep.Status.Backlog == 0) {
+		if wait := last.Add(r.Options.HealthUpdateInterval).Sub(now); wait > 0 {
+			return wait
+		}
+	}
+	if r.lastBacklogWrite == nil {
+		r.lastBacklogWrite = map[types.NamespacedName]time.Time{}
+	}
+	r.lastBacklogWrite[key] = now
+	ep.Status.Backlog = n
+	return 0
+}
+
 // announce records an Event when the endpoint's readiness changed.
 func (r *WebhookEndpointReconciler) announce(ep *webhooksv1alpha1.WebhookEndpoint, was *metav1.Condition) {
 	now := meta.FindStatusCondition(ep.Status.Conditions, webhooksv1alpha1.ConditionReady)
@@ -320,21 +340,9 @@ func (r *WebhookEndpointReconciler) announce(ep *webhooksv1alpha1.WebhookEndpoin
 	switch {
 	case now.Status == metav1.ConditionTrue && was != nil:
 		r.Recorder.Eventf(ep, nil, "Normal", now.Reason, "Validate", "%s", now.Message)
-	case now.Status == metav1.ConditionFalse && now.Reason != ReasonPaused:
+	case now.Status == metav1.ConditionFalse && now.Reason != webhooksv1alpha1.ReasonPaused:
 		r.Recorder.Eventf(ep, nil, "Warning", now.Reason, "Validate", "%s", now.Message)
 	}
-}
-
-func (r *WebhookEndpointReconciler) patchStatus(ctx context.Context, base, ep *webhooksv1alpha1.WebhookEndpoint) error {
-	patch := client.MergeFrom(base)
-	data, err := patch.Data(ep)
-	if err != nil {
-		return err
-	}
-	if string(data) == "{}" {
-		return nil
-	}
-	return client.IgnoreNotFound(r.Status().Patch(ctx, ep, client.RawPatch(patch.Type(), data)))
 }
 
 func minPositive(a, b time.Duration) time.Duration {

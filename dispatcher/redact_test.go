@@ -23,7 +23,7 @@ func TestEchoedCredentialsAreRedacted(t *testing.T) {
 	defer srv.Close()
 
 	key := []byte("super-secret-signing-key")
-	m := Message{
+	m := Request{
 		URL:     srv.URL + "/webhook/0f8e2a7c-3b1d-4c55-9e61-aa12bb34cc56?token=zapier-token-123456",
 		Body:    []byte(`{"event_id":"e1","event_type":"llm.completed"}`),
 		EventID: "e1", EventType: "llm.completed", Attempt: 1,

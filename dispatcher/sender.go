@@ -44,8 +44,8 @@ const (
 	UserAgent = "DocRouter-Webhooks/1.0"
 )
 
-// Message is one attempt of one event to one URL: everything needed to put it on the wire.
-type Message struct {
+// Request is one attempt of one event to one URL: everything needed to put it on the wire.
+type Request struct {
 	URL       string
 	Body      []byte
 	EventID   string
@@ -80,7 +80,7 @@ type Result struct {
 // Succeeded reports whether the receiver accepted the event.
 func (r Result) Succeeded() bool { return r.Class == ClassSuccess }
 
-// Sender sends Messages over one shared HTTP client. It makes exactly one HTTP request per Send:
+// Sender sends Requests over one shared HTTP client. It makes exactly one HTTP request per Send:
 // no retries, no redirects followed.
 type Sender struct {
 	client *http.Client
@@ -168,22 +168,22 @@ func (s *Sender) clientFor(bundle []byte) (*http.Client, error) {
 	return c, nil
 }
 
-// reservedHeaders cannot be set through Message.Headers.
+// reservedHeaders cannot be set through Request.Headers.
 var reservedHeaders = map[string]bool{
 	"Host": true, "Content-Type": true, "Content-Length": true, "Transfer-Encoding": true,
 	"Connection": true, "User-Agent": true,
 }
 
 // Send makes one attempt. It never returns an error: every failure is a Result.
-func (s *Sender) Send(ctx context.Context, m Message) Result {
-	ctx, cancel := context.WithTimeout(ctx, m.Timeout)
+func (s *Sender) Send(ctx context.Context, r Request) Result {
+	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
 
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, m.URL, bytes.NewReader(m.Body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.URL, bytes.NewReader(r.Body))
 	if err != nil {
 		return Result{Class: ClassInvalid, Error: "invalid request: " + sanitize(unwrapURLError(err).Error(), maxErrorLen)}
 	}
-	for name, values := range m.Headers {
+	for name, values := range r.Headers {
 		canonical := http.CanonicalHeaderKey(name)
 		if reservedHeaders[canonical] || strings.HasPrefix(canonical, "X-Docrouter-") || strings.HasPrefix(canonical, "Webhook-") {
 			continue
@@ -193,13 +193,13 @@ func (s *Sender) Send(ctx context.Context, m Message) Result {
 	ts := s.now().Unix()
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", UserAgent)
-	req.Header.Set(HeaderEventID, m.EventID)
-	req.Header.Set(HeaderEventType, m.EventType)
-	req.Header.Set(HeaderAttempt, strconv.Itoa(int(m.Attempt)))
+	req.Header.Set(HeaderEventID, r.EventID)
+	req.Header.Set(HeaderEventType, r.EventType)
+	req.Header.Set(HeaderAttempt, strconv.Itoa(int(r.Attempt)))
 	req.Header.Set(HeaderTimestamp, strconv.FormatInt(ts, 10))
-	m.Signing.apply(req.Header, m.EventID, ts, m.Body)
+	r.Signing.apply(req.Header, r.EventID, ts, r.Body)
 
-	client, err := s.clientFor(m.CABundle)
+	client, err := s.clientFor(r.CABundle)
 	if err != nil {
 		return Result{Class: ClassInvalid, Error: err.Error()}
 	}
@@ -208,7 +208,7 @@ func (s *Sender) Send(ctx context.Context, m Message) Result {
 	if err != nil {
 		return Result{Class: classifyError(ctx, err), Duration: time.Since(start), Error: sanitize(describeError(err), maxErrorLen)}
 	}
-	snippet := readLimited(resp.Body, credentialsOf(m, req.Header))
+	snippet := readLimited(resp.Body, credentialsOf(r, req.Header))
 	_ = resp.Body.Close()
 	res := Result{
 		StatusCode: resp.StatusCode,
@@ -261,7 +261,7 @@ const redactWindow = 4 * SnippetBytes
 // in an error answer (status, Events and logs are readable by more people than Secrets): the
 // static header values, the signatures, the signing keys, and the URL's path and query, which
 // often carry a token (n8n, Zapier). Longest first, so a whole value is replaced before its parts.
-func credentialsOf(m Message, sent http.Header) []string {
+func credentialsOf(r Request, sent http.Header) []string {
 	var out []string
 	add := func(v string, minLen int) {
 		if v = strings.TrimSpace(v); len(v) >= minLen {
@@ -274,7 +274,7 @@ func credentialsOf(m Message, sent http.Header) []string {
 			add(f, 8)
 		}
 	}
-	for _, values := range m.Headers {
+	for _, values := range r.Headers {
 		for _, v := range values {
 			addWithParts(v)
 		}
@@ -282,10 +282,10 @@ func credentialsOf(m Message, sent http.Header) []string {
 	for _, name := range []string{HeaderSignature, HeaderSignaturePrevious, "Webhook-Signature"} {
 		addWithParts(sent.Get(name))
 	}
-	for _, k := range m.Signing.Keys {
+	for _, k := range r.Signing.Keys {
 		add(string(k), 1)
 	}
-	if u, err := url.Parse(m.URL); err == nil {
+	if u, err := url.Parse(r.URL); err == nil {
 		if u.Path != "" && u.Path != "/" {
 			add(u.Path, 1)
 		}

@@ -24,11 +24,11 @@ import (
 	"unicode"
 
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
-func message(url string) dispatcher.Message {
-	return dispatcher.Message{
+func request(url string) dispatcher.Request {
+	return dispatcher.Request{
 		URL: url, Body: []byte(`{"event_id":"evt-1"}`), EventID: "evt-1", EventType: "document.uploaded",
 		Attempt: 1, Timeout: 5 * time.Second,
 	}
@@ -47,7 +47,7 @@ func TestSendNeverAnswers(t *testing.T) {
 	defer srv.Close()
 	defer close(release)
 
-	m := message(srv.URL)
+	m := request(srv.URL)
 	m.Timeout = 300 * time.Millisecond
 	start := time.Now()
 	res := dispatcher.NewSender(dispatcher.SenderOptions{}).Send(context.Background(), m)
@@ -92,7 +92,7 @@ func TestSendStopsReadingAtTheCap(t *testing.T) {
 			}))
 			defer srv.Close()
 
-			m := message(srv.URL)
+			m := request(srv.URL)
 			m.Timeout = 20 * time.Second
 			start := time.Now()
 			res := dispatcher.NewSender(dispatcher.SenderOptions{}).Send(context.Background(), m)
@@ -136,7 +136,7 @@ func TestSendLargeBodyMemoryStaysFlat(t *testing.T) {
 			runtime.GC()
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
-			res := sender.Send(context.Background(), message(srv.URL))
+			res := sender.Send(context.Background(), request(srv.URL))
 			runtime.ReadMemStats(&after)
 
 			allocated := after.TotalAlloc - before.TotalAlloc
@@ -163,6 +163,7 @@ func TestSendLargeBodyMemoryStaysFlat(t *testing.T) {
 // snippet shows that the body was inflated, and where it was cut). Members concatenate: a stream
 // of n of them inflates to n*16 MiB.
 func gzipBomb(t *testing.T) []byte {
+	t.Helper()
 	bombOnce.Do(func() {
 		var b bytes.Buffer
 		zw, _ := gzip.NewWriterLevel(&b, gzip.BestSpeed)
@@ -182,10 +183,10 @@ var (
 // TestSendDoesNotFollowRedirects: a 3xx is recorded as a failed attempt that says why, and the
 // Location target gets no request.
 func TestSendDoesNotFollowRedirects(t *testing.T) {
-	target := testenv.NewReceiver(t, nil)
+	target := testreceiver.New(t, nil)
 	for _, code := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
 		srv := httptest.NewServer(http.RedirectHandler(target.URL+"/elsewhere", code))
-		res := dispatcher.NewSender(dispatcher.SenderOptions{}).Send(context.Background(), message(srv.URL))
+		res := dispatcher.NewSender(dispatcher.SenderOptions{}).Send(context.Background(), request(srv.URL))
 		srv.Close()
 		if res.Class != dispatcher.ClassHTTPError || res.StatusCode != code || !strings.Contains(res.Error, "redirects are not followed") {
 			t.Errorf("HTTP %d: got %+v, want an HTTPError that says redirects are not followed", code, res)
@@ -213,14 +214,13 @@ func TestSendRetryAfter(t *testing.T) {
 		{http.StatusInternalServerError, "120", 0}, // Retry-After means nothing on a 500
 		{http.StatusServiceUnavailable, "", 0},
 	} {
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if tc.header != "" {
-				w.Header().Set("Retry-After", tc.header)
-			}
-			w.WriteHeader(tc.status)
-		}))
-		res := dispatcher.NewSender(dispatcher.SenderOptions{Now: func() time.Time { return now }}).Send(context.Background(), message(srv.URL))
-		srv.Close()
+		srv := testreceiver.New(t, nil)
+		if tc.header != "" {
+			srv.Script(testreceiver.RetryAfter(tc.status, tc.header))
+		} else {
+			srv.SetStatuses(tc.status)
+		}
+		res := dispatcher.NewSender(dispatcher.SenderOptions{Now: func() time.Time { return now }}).Send(context.Background(), request(srv.URL))
 		if res.RetryAfter != tc.want || res.Class != dispatcher.ClassHTTPError {
 			t.Errorf("HTTP %d with Retry-After %q: RetryAfter = %s (%s), want %s", tc.status, tc.header, res.RetryAfter, res.Class, tc.want)
 		}
@@ -231,8 +231,8 @@ func TestSendRetryAfter(t *testing.T) {
 // the sender sets itself (framing, content type, the signature and event headers) cannot be
 // replaced through it: the receiver sees the sender's values and a valid signature.
 func TestSendStaticHeadersCannotOverride(t *testing.T) {
-	rcv := testenv.NewReceiver(t, nil)
-	m := message(rcv.URL)
+	rcv := testreceiver.New(t, nil)
+	m := request(rcv.URL)
 	m.Headers = http.Header{
 		"Authorization":             {"Bearer token-1"},
 		"Host":                      {"internal.example"},
@@ -284,22 +284,22 @@ func TestSendTLS(t *testing.T) {
 	bundle := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
 	sender := dispatcher.NewSender(dispatcher.SenderOptions{})
 
-	res := sender.Send(context.Background(), message(srv.URL))
+	res := sender.Send(context.Background(), request(srv.URL))
 	t.Logf("unknown CA: %s", res.Error)
 	if res.Class != dispatcher.ClassNetwork || !strings.Contains(res.Error, "certificate") || !strings.Contains(res.Error, "spec.caBundleRef") {
 		t.Errorf("unknown CA: %+v, want a NetworkError about the certificate that points at spec.caBundleRef", res)
 	}
 
-	m := message(srv.URL)
+	m := request(srv.URL)
 	m.CABundle = bundle
 	if res := sender.Send(context.Background(), m); !res.Succeeded() {
 		t.Errorf("with the server's CA bundle: %+v", res)
 	}
-	if res := sender.Send(context.Background(), message(srv.URL)); res.Succeeded() {
+	if res := sender.Send(context.Background(), request(srv.URL)); res.Succeeded() {
 		t.Errorf("a CA bundle of one endpoint was trusted for another request: %+v", res)
 	}
 
-	m = message(srv.URL)
+	m = request(srv.URL)
 	m.CABundle = newCAPEM(t) // a CA that signed nothing here
 	if res := sender.Send(context.Background(), m); res.Class != dispatcher.ClassNetwork {
 		t.Errorf("with an unrelated CA bundle: %+v, want a NetworkError", res)
@@ -322,7 +322,7 @@ func TestSendTLS(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
-	m = message(old.URL)
+	m = request(old.URL)
 	m.CABundle = bundle
 	res = sender.Send(context.Background(), m)
 	t.Logf("TLS 1.1 only: %s", res.Error)
@@ -333,6 +333,7 @@ func TestSendTLS(t *testing.T) {
 
 // newCAPEM makes a self-signed CA certificate.
 func newCAPEM(t *testing.T) []byte {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -354,7 +355,7 @@ func newCAPEM(t *testing.T) []byte {
 // endpoint is delivered to when the operator allows 127.0.0.0/8, as the dev stack does. The
 // name is resolved by a stub: nothing here leaves the host.
 func TestSendAddressPolicy(t *testing.T) {
-	rcv := testenv.NewReceiver(t, nil)
+	rcv := testreceiver.New(t, nil)
 	_, port, _ := net.SplitHostPort(rcv.Listener.Addr().String())
 	resolver := stubResolver{"receiver.example": "127.0.0.1", "metadata.example": "169.254.169.254"}
 
@@ -372,7 +373,7 @@ func TestSendAddressPolicy(t *testing.T) {
 	}
 
 	url := "http://receiver.example:" + port + "/hook?token=secret-token"
-	res := senderWith(&dispatcher.AddressPolicy{}).Send(context.Background(), message(url))
+	res := senderWith(&dispatcher.AddressPolicy{}).Send(context.Background(), request(url))
 	if res.Class != dispatcher.ClassBlocked {
 		t.Fatalf("default policy: %+v, want Blocked", res)
 	}
@@ -390,7 +391,7 @@ func TestSendAddressPolicy(t *testing.T) {
 	}
 
 	allowed := &dispatcher.AddressPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
-	if res := senderWith(allowed).Send(context.Background(), message(url)); !res.Succeeded() {
+	if res := senderWith(allowed).Send(context.Background(), request(url)); !res.Succeeded() {
 		t.Fatalf("loopback allowed by %s: %+v", dispatcher.FlagOutboundAllowCIDRs, res)
 	}
 	if rcv.Count() != 1 {
@@ -398,7 +399,7 @@ func TestSendAddressPolicy(t *testing.T) {
 	}
 
 	// Allowing loopback does not open the metadata service.
-	res = senderWith(allowed).Send(context.Background(), message("http://metadata.example/latest/meta-data/"))
+	res = senderWith(allowed).Send(context.Background(), request("http://metadata.example/latest/meta-data/"))
 	if res.Class != dispatcher.ClassBlocked || !strings.Contains(res.Error, "169.254.169.254") {
 		t.Fatalf("metadata: %+v, want Blocked", res)
 	}
@@ -407,7 +408,7 @@ func TestSendAddressPolicy(t *testing.T) {
 	redirector := httptest.NewServer(http.RedirectHandler("http://metadata.example/latest/meta-data/", http.StatusFound))
 	defer redirector.Close()
 	_, rport, _ := net.SplitHostPort(redirector.Listener.Addr().String())
-	res = senderWith(allowed).Send(context.Background(), message("http://receiver.example:"+rport+"/"))
+	res = senderWith(allowed).Send(context.Background(), request("http://receiver.example:"+rport+"/"))
 	if res.Class != dispatcher.ClassHTTPError || res.StatusCode != http.StatusFound {
 		t.Fatalf("redirect to metadata: %+v, want HTTPError 302", res)
 	}

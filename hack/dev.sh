@@ -9,7 +9,8 @@
 #   4. prints the line that points kubectl at it, and runs until Ctrl-C (or SIGTERM), which stops
 #      everything it started, in order.
 #
-# Data survives a restart (etcd's data dir is kept); `rm -rf .dev` starts afresh. A second
+# Data survives a restart (etcd's data dir and the history store's SQLite file are kept);
+# `rm -rf .dev` starts afresh. A second
 # `make dev` after a crash or `kill -9` first stops what the previous one left running (it knows
 # those processes by pid and command line, from $DEV_DIR/pids).
 #
@@ -193,6 +194,8 @@ has_flag outbound-allow-cidrs && flags+=(--outbound-allow-cidrs "127.0.0.0/8,::1
 if has_flag history-api-bind-address; then
   flags+=(--history-api-bind-address "127.0.0.1:${DEV_HISTORY_API_PORT}" --history-api-namespace docrouter-system)
 fi
+# The history store: embedded SQLite next to etcd's data, kept across restarts like it.
+has_flag history-database && flags+=(--history-database "sqlite://${dev_dir}/history.db")
 
 say "starting the operator: manager ${flags[*]} (logs: ${DEV_DIR}/logs/operator.log)"
 cmd=("${operator}" manager "${flags[@]}")

@@ -1,6 +1,6 @@
 package v1alpha1
 
-// Annotations, labels and condition vocabulary shared by both kinds. These names are public:
+// Annotations and labels shared by both kinds. These names are public:
 // users, scripts and dashboards rely on them.
 const (
 	// RetryAnnotation on a WebhookDelivery asks for one immediate new attempt, once per value:
@@ -44,16 +44,6 @@ const (
 
 // EventTypes lists every event type the product sends.
 var EventTypes = []string{EventDocumentUploaded, EventLLMCompleted, EventLLMError, EventDocumentError, EventWebhookTest}
-
-// Condition types, understood by kstatus, Flux and Argo CD health checks.
-const (
-	// ConditionReady is the summary: an endpoint that can be delivered to; a delivery that succeeded.
-	ConditionReady = "Ready"
-	// ConditionReconciling is True while a delivery still has attempts to make.
-	ConditionReconciling = "Reconciling"
-	// ConditionStalled is True once the controller has given up on a delivery.
-	ConditionStalled = "Stalled"
-)
 
 // SecretKeyRef selects a key of a Secret in the same namespace as the object that refers to it.
 // There is deliberately no namespace field: an object can only use its own namespace's Secrets.

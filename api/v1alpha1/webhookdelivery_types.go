@@ -150,9 +150,10 @@ type Attempt struct {
 	// +optional
 	DurationMilliseconds int64 `json:"durationMilliseconds,omitempty"`
 
-	// result classifies the outcome: Success, HTTPError, Timeout, NetworkError, Blocked.
+	// result classifies the outcome: Success, HTTPError, Timeout, NetworkError, Blocked,
+	// InvalidRequest.
 	// +required
-	Result string `json:"result"`
+	Result AttemptResult `json:"result"`
 
 	// error is a short, sanitised description of a failure.
 	// +optional

@@ -200,7 +200,8 @@ type WebhookEndpointStatus struct {
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
 	// conditions: Ready is True when the endpoint's URL and Secrets are usable (reasons:
-	// Valid, Paused, SecretNotFound, SecretKeyNotFound, InvalidSecret, InvalidURL).
+	// Valid, Paused, SecretNotFound, SecretKeyNotFound, InvalidSecret, CABundleNotFound,
+	// InvalidURL, AutoDisabled, EndpointGone; see condition_types.go).
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -235,7 +236,7 @@ type WebhookEndpointStatus struct {
 	// the auto-disable period) or EndpointGone (the receiver answered 410 Gone). Re-enable with
 	// the webhooks.docrouter.ai/enable annotation, or by changing the spec (a new URL, say).
 	// +optional
-	DisabledReason string `json:"disabledReason,omitempty"`
+	DisabledReason DisabledReason `json:"disabledReason,omitempty"`
 
 	// lastEnableToken is the last value of the webhooks.docrouter.ai/enable annotation handled.
 	// +optional
@@ -245,6 +246,14 @@ type WebhookEndpointStatus struct {
 	// turned into a webhook.test delivery.
 	// +optional
 	LastTestToken string `json:"lastTestToken,omitempty"`
+
+	// backlog counts this endpoint's events that wait in the history store's backlog: accepted,
+	// kept durably in publish order, and not yet WebhookDeliveries because the endpoint's
+	// unfinished deliveries in etcd reached the operator's --max-live-deliveries-per-endpoint
+	// (or all endpoints' reached --max-live-deliveries). They become WebhookDeliveries, oldest
+	// first, as room frees. Updated at most every --health-update-interval.
+	// +optional
+	Backlog int64 `json:"backlog,omitempty"`
 
 	// lastRetryFailedToken is the last value of the webhooks.docrouter.ai/retry-failed
 	// annotation whose retries were requested: every delivery of the endpoint that was Failed
@@ -264,6 +273,7 @@ type WebhookEndpointStatus struct {
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Paused",type=boolean,JSONPath=`.spec.paused`,priority=1
 // +kubebuilder:printcolumn:name="Failures",type=integer,JSONPath=`.status.consecutiveFailures`,priority=1
+// +kubebuilder:printcolumn:name="Backlog",type=integer,JSONPath=`.status.backlog`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name of a WebhookEndpoint must be at most 63 characters, so that its deliveries can carry it as a label"
 type WebhookEndpoint struct {

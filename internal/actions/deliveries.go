@@ -256,7 +256,7 @@ func (c *Client) GetDelivery(ctx context.Context, namespace, name string) (*Deli
 		for _, a := range rec.Status.History {
 			d.History = append(d.History, webhooksv1alpha1.Attempt{
 				Number: a.Number, Time: a.Time, StatusCode: a.StatusCode, DurationMilliseconds: a.DurationMilliseconds,
-				Result: a.Result, Error: a.Error, Trigger: webhooksv1alpha1.AttemptTrigger(a.Trigger),
+				Result: webhooksv1alpha1.AttemptResult(a.Result), Error: a.Error, Trigger: webhooksv1alpha1.AttemptTrigger(a.Trigger),
 			})
 		}
 	} else if !apierrors.IsNotFound(recErr) {

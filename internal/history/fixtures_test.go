@@ -53,7 +53,7 @@ func event(id, typ string, size int) webhooksv1alpha1.Event {
 func attempt(n int32, at time.Time, result string, code int32, dur time.Duration) webhooksv1alpha1.Attempt {
 	a := webhooksv1alpha1.Attempt{
 		Number: n, Time: metav1.NewTime(at), StatusCode: code, DurationMilliseconds: dur.Milliseconds(),
-		Result: result, Trigger: webhooksv1alpha1.TriggerScheduled,
+		Result: webhooksv1alpha1.AttemptResult(result), Trigger: webhooksv1alpha1.TriggerScheduled,
 	}
 	if result != "Success" {
 		a.Error = fmt.Sprintf("attempt %d: %s", n, result)

@@ -18,7 +18,7 @@ func TestAttemptClass(t *testing.T) {
 		{"NetworkError", 0, "network"}, {"Blocked", 0, "blocked"}, {"InvalidRequest", 0, "invalid"},
 		{"SomethingNew", 0, "other"},
 	} {
-		if got := AttemptClass(webhooksv1alpha1.Attempt{Result: c.result, StatusCode: c.code}); got != c.want {
+		if got := AttemptClass(webhooksv1alpha1.Attempt{Result: webhooksv1alpha1.AttemptResult(c.result), StatusCode: c.code}); got != c.want {
 			t.Errorf("%s %d: class %s, want %s", c.result, c.code, got, c.want)
 		}
 	}

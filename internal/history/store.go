@@ -360,6 +360,8 @@ func digestOf(r *recordRow) string {
 		rec.LastStatusCode, rec.LastError, rec.Reason, rec.Message, rec.LastRetryToken,
 		micro(rec.CreationTime), microPtr(rec.LastAttemptTime), microPtr(rec.NextAttemptTime),
 		microPtr(rec.CompletionTime), r.removed,
+		// A new resourceVersion is a change, even with the same content: Archived compares it.
+		rec.ResourceVersion,
 	})
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }
@@ -559,9 +561,9 @@ func forKeysByNamespace(keys []Key, fn func(ns string, names []string) error) er
 
 const recordInsertColumns = "namespace, name, uid, endpoint, event_id, event_type, organization_id, event, labels, " +
 	"phase, attempt_count, last_status_code, last_error, reason, message, last_retry_token, " +
-	"creation_time, last_attempt_time, next_attempt_time, completion_time, removed_time, seq, revision, digest"
+	"creation_time, last_attempt_time, next_attempt_time, completion_time, removed_time, seq, revision, digest, resource_version"
 
-const recordInsertCount = 24
+const recordInsertCount = 25
 
 // On conflict every column but the key and seq takes the new value.
 var recordUpsertSet = func() string {
@@ -589,7 +591,7 @@ func (s *sqlStore) upsertRecords(ctx context.Context, tx *sql.Tx, rows []*record
 				r.Event.OrganizationID, row.event, row.labels, string(r.Phase), r.AttemptCount, r.LastStatusCode,
 				r.LastError, r.Reason, r.Message, r.LastRetryToken, micro(r.CreationTime),
 				microPtr(r.LastAttemptTime), microPtr(r.NextAttemptTime), microPtr(r.CompletionTime), row.removed,
-				row.revision, row.revision, row.digest)
+				row.revision, row.revision, row.digest, r.ResourceVersion)
 		}
 		if _, err := s.exec(ctx, tx, s.d.q(upsertRecordsQuery(hi-lo)), args...); err != nil {
 			return fmt.Errorf("upserting records: %w", err)
@@ -703,7 +705,7 @@ func (s *sqlStore) addRollups(ctx context.Context, tx *sql.Tx, rollups map[rollu
 
 const recordColumns = "namespace, name, uid, endpoint, event, labels, phase, attempt_count, last_status_code, " +
 	"last_error, reason, message, last_retry_token, creation_time, last_attempt_time, next_attempt_time, " +
-	"completion_time, removed_time, seq, revision"
+	"completion_time, removed_time, seq, revision, resource_version"
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -715,7 +717,7 @@ func scanRecord(sc scanner) (Record, error) {
 	var last, next, completed, removed sql.NullInt64
 	if err := sc.Scan(&r.Namespace, &r.Name, &uid, &r.Endpoint, &event, &labels, &phase, &r.AttemptCount,
 		&r.LastStatusCode, &r.LastError, &r.Reason, &r.Message, &r.LastRetryToken, &created, &last, &next,
-		&completed, &removed, &r.Seq, &r.Revision); err != nil {
+		&completed, &removed, &r.Seq, &r.Revision, &r.ResourceVersion); err != nil {
 		return r, err
 	}
 	r.UID = types.UID(uid)
@@ -935,13 +937,13 @@ func (s *sqlStore) Archived(ctx context.Context, checks []ArchiveCheck) (map[typ
 		keys[i] = c.Key
 	}
 	type state struct {
-		uid      string
-		phase    webhooksv1alpha1.DeliveryPhase
-		attempts int32
+		uid             string
+		phase           webhooksv1alpha1.DeliveryPhase
+		resourceVersion string
 	}
 	stored := map[Key]state{}
 	err := forKeysByNamespace(keys, func(ns string, names []string) error {
-		rows, err := s.read.QueryContext(ctx, s.d.byNames("records", "name, uid, phase, attempt_count"), namesJSON(names), ns)
+		rows, err := s.read.QueryContext(ctx, s.d.byNames("records", "name, uid, phase, resource_version"), namesJSON(names), ns)
 		if err != nil {
 			return err
 		}
@@ -949,7 +951,7 @@ func (s *sqlStore) Archived(ctx context.Context, checks []ArchiveCheck) (map[typ
 		for rows.Next() {
 			var name string
 			var st state
-			if err := rows.Scan(&name, &st.uid, &st.phase, &st.attempts); err != nil {
+			if err := rows.Scan(&name, &st.uid, &st.phase, &st.resourceVersion); err != nil {
 				return err
 			}
 			stored[Key{ns, name}] = st
@@ -961,7 +963,7 @@ func (s *sqlStore) Archived(ctx context.Context, checks []ArchiveCheck) (map[typ
 	}
 	for _, c := range checks {
 		st, ok := stored[c.Key]
-		out[c.UID] = ok && st.uid == string(c.UID) && st.phase.Finished() && st.attempts >= c.Attempts
+		out[c.UID] = ok && st.uid == string(c.UID) && st.phase.Finished() && st.resourceVersion == c.ResourceVersion
 	}
 	return out, nil
 }

@@ -488,13 +488,15 @@ func testChanges(t *testing.T, s history.Store) {
 
 func testArchived(t *testing.T, s history.Store) {
 	done := record("team-a", "crm", "evt-1", "uid-1", succeeded, failedAttempts(1, 2, t0)...)
+	done.ResourceVersion = "1007"
 	live := record("team-a", "crm", "evt-2", "uid-2", retrying, failedAttempts(1, 2, t0)...)
+	live.ResourceVersion = "1008"
 	mustWrite(t, s, done, live)
 	got, err := s.Archived(ctxT(t), []history.ArchiveCheck{
-		{Key: keyOf(done), UID: "uid-1", Attempts: 2},
-		{Key: keyOf(done), UID: "uid-other", Attempts: 2},
-		{Key: keyOf(live), UID: "uid-2", Attempts: 2},
-		{Key: history.Key{Namespace: "team-a", Name: "missing"}, UID: "uid-3", Attempts: 0},
+		{Key: keyOf(done), UID: "uid-1", ResourceVersion: "1007"},
+		{Key: keyOf(done), UID: "uid-other", ResourceVersion: "1007"},
+		{Key: keyOf(live), UID: "uid-2", ResourceVersion: "1008"},
+		{Key: history.Key{Namespace: "team-a", Name: "missing"}, UID: "uid-3"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -503,10 +505,21 @@ func testArchived(t *testing.T, s history.Store) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("archived %v, want %v", got, want)
 	}
-	// A delivery that made one more attempt than the store holds is not archived.
-	more, err := s.Archived(ctxT(t), []history.ArchiveCheck{{Key: keyOf(done), UID: "uid-1", Attempts: 3}})
-	if err != nil || more["uid-1"] {
-		t.Fatalf("archived with more attempts than stored: %v, %v", more, err)
+	// A delivery changed since the store took it (another resourceVersion) is not archived.
+	changed, err := s.Archived(ctxT(t), []history.ArchiveCheck{{Key: keyOf(done), UID: "uid-1", ResourceVersion: "1011"}})
+	if err != nil || changed["uid-1"] {
+		t.Fatalf("archived at a resourceVersion the store does not hold: %v, %v", changed, err)
+	}
+	// A snapshot with only a new resourceVersion is written: the store holds that version now.
+	done.ResourceVersion = "1011"
+	mustWrite(t, s, done)
+	now, err := s.Archived(ctxT(t), []history.ArchiveCheck{{Key: keyOf(done), UID: "uid-1", ResourceVersion: "1011"}})
+	if err != nil || !now["uid-1"] {
+		t.Fatalf("not archived at the resourceVersion just written: %v, %v", now, err)
+	}
+	got2, err := s.Get(ctxT(t), keyOf(done))
+	if err != nil || got2.ResourceVersion != "1011" {
+		t.Fatalf("Get: resourceVersion %q, %v", got2.ResourceVersion, err)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"strconv"
 	"testing"
 	"time"
 
@@ -72,15 +73,29 @@ func RepoRoot() string {
 }
 
 // Start starts kube-apiserver and etcd and installs the CRDs of config/crd/bases.
-func Start() (*Env, error) { return start("") }
+func Start() (*Env, error) { return StartWith(Settings{}) }
+
+// Settings change the control plane of StartWith.
+type Settings struct {
+	// APIServerCertDir keeps the API server's serving certificates in a directory of the
+	// caller's (see StartRestartable).
+	APIServerCertDir string
+	// EtcdQuotaBytes sets etcd's --quota-backend-bytes, for tests of an etcd that is full.
+	EtcdQuotaBytes int64
+}
+
+// StartWith is Start with settings.
+func StartWith(s Settings) (*Env, error) { return start(s) }
 
 // StartRestartable is Start with the API server's serving certificates kept in certDir, so that
 // Environment().ControlPlane.APIServer can be stopped and started again (an API-server outage)
 // while clients keep their kubeconfig: envtest otherwise makes a new serving CA on each start.
 // The caller removes certDir after Stop.
-func StartRestartable(certDir string) (*Env, error) { return start(certDir) }
+func StartRestartable(certDir string) (*Env, error) {
+	return start(Settings{APIServerCertDir: certDir})
+}
 
-func start(apiServerCertDir string) (*Env, error) {
+func start(settings Settings) (*Env, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		return nil, errors.New("KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=\"$(hack/controlplane.sh)\"")
 	}
@@ -91,8 +106,13 @@ func start(apiServerCertDir string) (*Env, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 	}
-	if apiServerCertDir != "" {
-		e.ControlPlane.GetAPIServer().CertDir = apiServerCertDir
+	if settings.APIServerCertDir != "" {
+		e.ControlPlane.GetAPIServer().CertDir = settings.APIServerCertDir
+	}
+	if settings.EtcdQuotaBytes > 0 {
+		etcd := &envtest.Etcd{}
+		etcd.Configure().Set("quota-backend-bytes", strconv.FormatInt(settings.EtcdQuotaBytes, 10))
+		e.ControlPlane.Etcd = etcd
 	}
 	// API aggregation on, as in a cluster: the history API is an APIService.
 	frontProxyDir, err := os.MkdirTemp("", "envtest-front-proxy-")
@@ -194,17 +214,25 @@ func (e *Env) Stop() error {
 // Environment exposes envtest's environment (for its control plane's processes).
 func (e *Env) Environment() *envtest.Environment { return e.env }
 
-// Run is a TestMain body: start the control plane, run the tests, stop it.
+// Run is a TestMain body: start the control plane, run the tests, stop it. run, when given,
+// runs the tests instead of m.Run (such as historytest.Main, which also stops the PostgreSQL
+// server the tests started).
 //
 //	func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env)) }
-func Run(m *testing.M, env **Env) int {
+//	func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env, historytest.Main)) }
+func Run(m *testing.M, env **Env, run ...func(*testing.M) int) int {
 	e, err := Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	*env = e
-	code := m.Run()
+	var code int
+	if len(run) > 0 {
+		code = run[0](m)
+	} else {
+		code = m.Run()
+	}
 	if err := e.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "stopping envtest:", err)
 	}
@@ -212,13 +240,13 @@ func Run(m *testing.M, env **Env) int {
 }
 
 // Namespace creates a namespace of its own for one test.
-func (e *Env) Namespace(t testing.TB) string {
-	t.Helper()
+func (e *Env) Namespace(tb testing.TB) string {
+	tb.Helper()
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "t-" + hex.EncodeToString(b)}}
 	if err := e.Client.Create(context.Background(), ns); err != nil {
-		t.Fatalf("creating namespace: %v", err)
+		tb.Fatalf("creating namespace: %v", err)
 	}
 	return ns.Name
 }
@@ -240,29 +268,29 @@ func (e *Env) ManagerOptions(namespace string) ctrl.Options {
 
 // StartManager starts a manager with opts, after setup registers its controllers. It is stopped
 // when the test ends, or earlier by calling the returned function, which waits for it to stop.
-func (e *Env) StartManager(t testing.TB, opts ctrl.Options, setup func(context.Context, ctrl.Manager) error) (stop func()) {
-	t.Helper()
+func (e *Env) StartManager(tb testing.TB, opts ctrl.Options, setup func(context.Context, ctrl.Manager) error) (stop func()) {
+	tb.Helper()
 	mgr, err := ctrl.NewManager(e.Config, opts)
 	if err != nil {
-		t.Fatalf("creating manager: %v", err)
+		tb.Fatalf("creating manager: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := setup(ctx, mgr); err != nil {
 		cancel()
-		t.Fatalf("setting up manager: %v", err)
+		tb.Fatalf("setting up manager: %v", err)
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		if err := mgr.Start(ctx); err != nil {
-			t.Errorf("manager stopped with error: %v", err)
+			tb.Errorf("manager stopped with error: %v", err)
 		}
 	}()
 	synced, syncCancel := context.WithTimeout(ctx, 30*time.Second)
 	defer syncCancel()
 	if !mgr.GetCache().WaitForCacheSync(synced) {
 		cancel()
-		t.Fatalf("manager cache did not sync")
+		tb.Fatalf("manager cache did not sync")
 	}
 	stopped := false
 	stop = func() {
@@ -273,6 +301,6 @@ func (e *Env) StartManager(t testing.TB, opts ctrl.Options, setup func(context.C
 		cancel()
 		<-done
 	}
-	t.Cleanup(stop)
+	tb.Cleanup(stop)
 	return stop
 }

@@ -37,6 +37,7 @@ import (
 	"github.com/docrouter/webhook-operator/dispatcher"
 	"github.com/docrouter/webhook-operator/internal/intake"
 	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 	"github.com/docrouter/webhook-operator/publish"
 )
 
@@ -220,9 +221,9 @@ func succeededStatus(d *webhooksv1alpha1.WebhookDelivery) {
 		ObservedGeneration: d.Generation, Phase: webhooksv1alpha1.PhaseSucceeded, Attempts: 1,
 		LastAttemptTime: &now, LastStatusCode: 200, LastDurationMilliseconds: 3, CompletionTime: &now,
 		History: []webhooksv1alpha1.Attempt{{Number: 1, Time: now, StatusCode: 200, DurationMilliseconds: 3,
-			Result: string(dispatcher.ClassSuccess), Trigger: webhooksv1alpha1.TriggerScheduled}},
+			Result: webhooksv1alpha1.AttemptSuccess, Trigger: webhooksv1alpha1.TriggerScheduled}},
 		Conditions: []metav1.Condition{{Type: webhooksv1alpha1.ConditionReady, Status: metav1.ConditionTrue,
-			Reason: controllers.ReasonDelivered, Message: "delivered at attempt 1 (HTTP 200)", LastTransitionTime: now,
+			Reason: webhooksv1alpha1.ReasonDelivered, Message: "delivered at attempt 1 (HTTP 200)", LastTransitionTime: now,
 			ObservedGeneration: d.Generation}},
 	}
 }
@@ -274,6 +275,7 @@ func createFinishedIn(t *testing.T, ns string, n, conc int) time.Duration {
 
 // measureLimit is (1): the best rate of create + one status patch over a few concurrencies.
 func measureLimit(t *testing.T) (best float64, bestConc int) {
+	t.Helper()
 	for _, conc := range []int{8, 16, 32, 64} {
 		n := 1500
 		took := createFinishedIn(t, newNamespace(t, fmt.Sprintf("limit-%d", conc)), n, conc)
@@ -287,6 +289,7 @@ func measureLimit(t *testing.T) (best float64, bestConc int) {
 }
 
 func createFinished(t *testing.T, n, conc int) {
+	t.Helper()
 	progress("creating %d finished deliveries", n)
 	for n > 0 {
 		batch := min(n, 10000)
@@ -357,10 +360,11 @@ func startOperator(t *testing.T, ns string) (stop func(), intakeClient *publish.
 	ctx, cancel := context.WithCancel(context.Background())
 	copts := controllers.DefaultOptions()
 	copts.Namespaces = []string{ns} // as the manager's cache
-	if err := controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), copts, nil); err != nil {
+	op, err := controllers.Setup(ctx, mgr, copts, controllers.Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{})})
+	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(intake.NewHandler(mgr.GetClient(), mgr.GetCache(), intake.Options{AllowAnonymous: true}))
+	srv := httptest.NewServer(intake.NewHandler(mgr.GetClient(), mgr.GetCache(), intake.Options{AllowAnonymous: true, WorkingSet: op.WorkingSet}))
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 256
 	intakeClient = &publish.Client{URL: srv.URL, HTTPClient: &http.Client{Transport: tr, Timeout: time.Minute}}
@@ -392,7 +396,7 @@ func endpoint(ns, name, url string, timeoutSeconds, maxRetries int32) *webhooksv
 
 // setupNamespace creates a namespace with the signing Secret, healthy endpoints (with their
 // receivers) and, if asked, a silent one.
-func setupNamespace(t *testing.T, prefix string, healthy int, silent, fastFifth bool, statuses ...int) (string, []string, []*testenv.Receiver) {
+func setupNamespace(t *testing.T, prefix string, healthy int, silent, fastFifth bool, statuses ...int) (string, []string, []*testreceiver.Receiver) {
 	t.Helper()
 	ctx := context.Background()
 	ns := newNamespace(t, prefix)
@@ -401,9 +405,9 @@ func setupNamespace(t *testing.T, prefix string, healthy int, silent, fastFifth 
 		t.Fatal(err)
 	}
 	var names []string
-	var rcvs []*testenv.Receiver
+	var rcvs []*testreceiver.Receiver
 	for i := range healthy {
-		r := testenv.NewReceiver(t, signingKey, statuses...)
+		r := testreceiver.New(t, signingKey, statuses...)
 		name := fmt.Sprintf("healthy-%d", i)
 		if err := env.Client.Create(ctx, endpoint(ns, name, r.URL, 10, 3)); err != nil {
 			t.Fatal(err)
@@ -411,7 +415,7 @@ func setupNamespace(t *testing.T, prefix string, healthy int, silent, fastFifth 
 		names, rcvs = append(names, name), append(rcvs, r)
 	}
 	if silent || fastFifth {
-		r := testenv.NewReceiver(t, signingKey)
+		r := testreceiver.New(t, signingKey)
 		if silent {
 			r.OnRequest(func(req *http.Request) { <-req.Context().Done() })
 		}

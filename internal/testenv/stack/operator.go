@@ -11,7 +11,8 @@ import (
 )
 
 // setupOperator registers the controllers with mgr, as main.go does, delivering to any address
-// (the tests' receivers are on loopback).
-func setupOperator(ctx context.Context, mgr ctrl.Manager, opts controllers.Options, _ history.Store) error {
-	return controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), opts, nil)
+// (the tests' receivers are on loopback) and archiving into store.
+func setupOperator(ctx context.Context, mgr ctrl.Manager, opts controllers.Options, store history.Store) error {
+	_, err := controllers.Setup(ctx, mgr, opts, controllers.Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{}), Store: store})
+	return err
 }

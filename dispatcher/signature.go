@@ -25,7 +25,7 @@ const (
 // receiver that has not heard of rotation keeps working once it has the new key.
 const HeaderSignaturePrevious = "X-DocRouter-Signature-Previous"
 
-// Signing is how a Message is signed. The zero value signs nothing.
+// Signing is how a Request is signed. The zero value signs nothing.
 type Signing struct {
 	// Scheme is the signature scheme; empty means SchemeDocRouter.
 	Scheme Scheme

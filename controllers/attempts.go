@@ -1,0 +1,131 @@
+package controllers
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+)
+
+// attemptRunner runs attempts outside the reconcile workers. A reconcile decides that a
+// delivery is due, takes an in-flight slot and hands the attempt over: the HTTP request, the
+// status write that records it and the scheduling of what comes next happen in a goroutine of
+// their own. So the number of attempts in flight follows the receivers (bounded by the
+// in-flight limits, not by the number of workers): a receiver that takes 2 s to answer holds a
+// goroutine for 2 s, not one of the workers that every other delivery needs.
+//
+// While an attempt is in flight, reconciles of its delivery do nothing: the attempt schedules
+// the delivery's next reconcile itself, through the controller's queue, when it is done.
+type attemptRunner struct {
+	// queue is the delivery controller's work queue, handed over by source().
+	queue atomic.Pointer[workqueue.TypedRateLimitingInterface[reconcile.Request]]
+
+	mu       sync.Mutex
+	inFlight map[types.NamespacedName]bool
+	wg       sync.WaitGroup
+	// base is the context of attempts: not cancelled when the manager stops, so that an attempt
+	// under way is finished and recorded rather than cut off (Start waits for them).
+	base context.Context
+
+	finished *finishedIndex
+}
+
+// drainTimeout bounds how long a stopping manager waits for attempts under way.
+const drainTimeout = 25 * time.Second
+
+// newAttemptRunner makes a runner; finished, when set, hands it the finished deliveries that
+// carry a retry annotation once the controller runs.
+func newAttemptRunner(finished *finishedIndex) *attemptRunner {
+	return &attemptRunner{inFlight: map[types.NamespacedName]bool{}, base: context.Background(), finished: finished}
+}
+
+// source hands the controller's queue to the runner, and subscribes it to the manual retries
+// of finished deliveries, which the cache does not bring (cache.go).
+func (a *attemptRunner) source() source.Source {
+	return source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+		a.queue.Store(&q)
+		if a.finished != nil {
+			a.finished.subscribeRetries(a.wake)
+		}
+		return nil
+	})
+}
+
+// NeedLeaderElection: attempts run on the leader.
+func (a *attemptRunner) NeedLeaderElection() bool { return true }
+
+// Start waits until the manager stops, then for the attempts under way, at most drainTimeout.
+func (a *attemptRunner) Start(ctx context.Context) error {
+	a.mu.Lock()
+	a.base = context.WithoutCancel(ctx)
+	a.mu.Unlock()
+	<-ctx.Done()
+	if !a.waitIdle(drainTimeout) {
+		ctrl.LoggerFrom(ctx).Info("stopping with attempts still under way; their deliveries are attempted again by the next leader")
+	}
+	return nil
+}
+
+// waitIdle waits until no attempt is under way, at most timeout, and reports whether none is.
+func (a *attemptRunner) waitIdle(timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() { a.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// busy reports whether an attempt of the delivery is under way.
+func (a *attemptRunner) busy(key types.NamespacedName) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.inFlight[key]
+}
+
+// run makes attempt in a goroutine of its own, with a context that outlives the reconcile.
+// attempt returns when to reconcile the delivery next: after (>= 0), or with the queue's
+// failure backoff when failed is true.
+func (a *attemptRunner) run(key types.NamespacedName, attempt func(ctx context.Context) (after time.Duration, failed bool)) {
+	a.mu.Lock()
+	a.inFlight[key] = true
+	base := a.base
+	a.mu.Unlock()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		after, failed := attempt(base)
+		a.mu.Lock()
+		delete(a.inFlight, key)
+		a.mu.Unlock()
+		// Only now: a reconcile that ran while the attempt was in flight did nothing.
+		a.enqueue(key, after, failed)
+	}()
+}
+
+// wake reconciles a delivery as soon as a worker is free.
+func (a *attemptRunner) wake(key types.NamespacedName) { a.enqueue(key, 0, false) }
+
+func (a *attemptRunner) enqueue(key types.NamespacedName, after time.Duration, failed bool) {
+	q := a.queue.Load()
+	if q == nil {
+		return // the controller has not started: its initial list brings every delivery
+	}
+	req := reconcile.Request{NamespacedName: key}
+	switch {
+	case failed:
+		(*q).AddRateLimited(req)
+	case after > 0:
+		(*q).AddAfter(req, after)
+	default:
+		(*q).Add(req)
+	}
+}
