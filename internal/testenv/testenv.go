@@ -18,9 +18,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
-	"strconv"
 	"testing"
 	"time"
 
