@@ -38,8 +38,6 @@ import (
 // Client does the actions with one user's client configuration.
 type Client struct {
 	kube client.Client
-	// Now is the clock of --since filters and tokens; time.Now when nil.
-	Now func() time.Time
 }
 
 // Scheme holds the kinds the actions read and write: the built-in ones (Secrets, namespaces,
@@ -66,13 +64,6 @@ func New(cfg *rest.Config) (*Client, error) {
 	return &Client{kube: c}, nil
 }
 
-func (c *Client) now() time.Time {
-	if c.Now != nil {
-		return c.Now()
-	}
-	return time.Now()
-}
-
 // Kube is the underlying client, for callers that read what the actions do not cover.
 func (c *Client) Kube() client.Client { return c.kube }
 
@@ -93,27 +84,11 @@ func Sentence(err error) string {
 		return ""
 	}
 	var status apierrors.APIStatus
-	if errors.As(err, &status) && status.Status().Message != "" {
-		var wrapped *wrappedError
-		if errors.As(err, &wrapped) {
-			return wrapped.prefix + status.Status().Message
-		}
+	if errors.As(err, &status) && status.Status().Message != "" && errors.Unwrap(err) == nil {
 		return status.Status().Message
 	}
 	return err.Error()
 }
-
-// wrappedError prefixes an API server's answer with what was being done, keeping the answer
-// reachable with errors.As (apierrors.IsForbidden and friends still work).
-type wrappedError struct {
-	prefix string
-	err    error
-}
-
-func (e *wrappedError) Error() string { return e.prefix + e.err.Error() }
-func (e *wrappedError) Unwrap() error { return e.err }
-
-func wrap(prefix string, err error) error { return &wrappedError{prefix: prefix, err: err} }
 
 // HistoryUnavailableError says that the history API (webhookdeliveryrecords and
 // webhookendpointstats) could not be used: not installed, not answering, or not allowed. What

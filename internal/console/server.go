@@ -125,10 +125,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
+	// Stop taking requests; those in flight get a few seconds to finish.
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := srv.Shutdown(shutdown)
-	<-done
+	if served := <-done; served != nil && !errors.Is(served, http.ErrServerClosed) && err == nil {
+		err = served
+	}
 	return err
 }
 

@@ -71,17 +71,15 @@ func endpointsCommand(e *env) *cobra.Command {
 				fmt.Fprintf(e.streams.ErrOut, "No endpoints found in %s namespace.\n", ns)
 				return nil
 			}
-			printEndpoints(e.streams.Out, e.now(), items, output == "wide")
-			return nil
+			return printEndpoints(e.streams.Out, e.now(), items, output == "wide")
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "", "Output format: wide adds the URL, the event types and the 24 h delivery count.")
 	return cmd
 }
 
-func printEndpoints(out io.Writer, now time.Time, items []actions.Endpoint, wide bool) {
+func printEndpoints(out io.Writer, now time.Time, items []actions.Endpoint, wide bool) error {
 	w := printers.GetNewTabWriter(out)
-	defer w.Flush()
 	header := "NAME\tREADY\tREASON\tSUCCESS 24H\tP95 24H\tBACKLOG\tLAST FAILURE\tAGE"
 	if wide {
 		header += "\tDELIVERIES 24H\tURL\tEVENTS"
@@ -108,6 +106,7 @@ func printEndpoints(out io.Writer, now time.Time, items []actions.Endpoint, wide
 		}
 		fmt.Fprintln(w, strings.Join(row, "\t"))
 	}
+	return w.Flush()
 }
 
 func deliveriesCommand(e *env) *cobra.Command {
@@ -159,8 +158,8 @@ func deliveriesCommand(e *env) *cobra.Command {
 			}
 			if len(page.Items) == 0 {
 				fmt.Fprintf(e.streams.ErrOut, "No deliveries found in %s namespace.\n", ns)
-			} else {
-				printDeliveries(e.streams.Out, e.now(), page.Items, output == "wide")
+			} else if err := printDeliveries(e.streams.Out, e.now(), page.Items, output == "wide"); err != nil {
+				return err
 			}
 			if page.Continue != "" {
 				fmt.Fprintf(e.streams.ErrOut, "More deliveries: add --continue=%s\n", page.Continue)
@@ -192,9 +191,8 @@ func parsePhase(v string) (string, error) {
 	return "", fmt.Errorf("--phase %q: want Pending, Retrying, Succeeded or Failed", v)
 }
 
-func printDeliveries(out io.Writer, now time.Time, items []actions.Delivery, wide bool) {
+func printDeliveries(out io.Writer, now time.Time, items []actions.Delivery, wide bool) error {
 	w := printers.GetNewTabWriter(out)
-	defer w.Flush()
 	header := "NAME\tENDPOINT\tEVENT\tPHASE\tATTEMPTS\tCODE\tIN ETCD\tAGE"
 	if wide {
 		header += "\tEVENT ID\tCOMPLETED\tLAST ERROR"
@@ -211,6 +209,7 @@ func printDeliveries(out io.Writer, now time.Time, items []actions.Delivery, wid
 		}
 		fmt.Fprintln(w, strings.Join(row, "\t"))
 	}
+	return w.Flush()
 }
 
 func describeCommand(e *env) *cobra.Command {
@@ -228,16 +227,15 @@ func describeCommand(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			printDescribe(e.streams.Out, e.now(), d)
 			if d.HistoryErr != nil {
 				fmt.Fprintf(e.streams.ErrOut, "Warning: the attempts shown are those of the WebhookDelivery in etcd (its last %d): %s\n", webhooksv1alpha1.MaxAttemptHistory, actions.Sentence(d.HistoryErr))
 			}
-			return nil
+			return printDescribe(e.streams.Out, e.now(), d)
 		},
 	}
 }
 
-func printDescribe(out io.Writer, now time.Time, d *actions.DeliveryDetail) {
+func printDescribe(out io.Writer, now time.Time, d *actions.DeliveryDetail) error {
 	w := printers.GetNewTabWriter(out)
 	field := func(name, value string) { fmt.Fprintf(w, "%s:\t%s\n", name, value) }
 	field("Name", d.Name)
@@ -264,7 +262,9 @@ func printDescribe(out io.Writer, now time.Time, d *actions.DeliveryDetail) {
 	} else {
 		field("In etcd", "no: left at "+timestamp(now, d.Removed)+"; the history keeps its record")
 	}
-	w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
 
 	fmt.Fprintln(out, "Payload (as sent):")
 	if d.PayloadErr != nil {
@@ -280,15 +280,15 @@ func printDescribe(out io.Writer, now time.Time, d *actions.DeliveryDetail) {
 	fmt.Fprintln(out, "Attempts:")
 	if len(d.History) == 0 {
 		fmt.Fprintln(out, "  <none>")
-		return
+		return nil
 	}
 	w = printers.GetNewTabWriter(out)
 	fmt.Fprintln(w, "  #\tTIME\tTRIGGER\tRESULT\tCODE\tDURATION\tERROR")
 	for _, a := range d.History {
 		fmt.Fprintf(w, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Number, a.Time.UTC().Format(time.RFC3339), a.Trigger, a.Result,
-			code(a.StatusCode), millis(max(a.DurationMilliseconds, 1)), orNone(oneLine(a.Error, 120)))
+			code(a.StatusCode), took(a.DurationMilliseconds), orNone(oneLine(a.Error, 120)))
 	}
-	w.Flush()
+	return w.Flush()
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -328,7 +328,7 @@ func lastAttempt(d *webhooksv1alpha1.WebhookDelivery) string {
 	if a.StatusCode != 0 {
 		s += fmt.Sprintf(", HTTP %d", a.StatusCode)
 	}
-	s += " in " + millis(max(a.DurationMilliseconds, 1))
+	s += " in " + took(a.DurationMilliseconds)
 	if a.Error != "" {
 		s += ": " + oneLine(a.Error, 200)
 	}

@@ -49,6 +49,14 @@ func millis(ms int64) string {
 	return strconv.FormatFloat(float64(ms)/1000, 'f', 1, 64) + "s"
 }
 
+// took prints an attempt's duration: one that was made took something, if under 1 ms.
+func took(ms int64) string {
+	if ms <= 0 {
+		return "<1ms"
+	}
+	return millis(ms)
+}
+
 // code prints an HTTP status; "-" for no response.
 func code(c int32) string {
 	if c == 0 {

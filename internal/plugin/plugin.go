@@ -91,7 +91,6 @@ func (e *env) client() (*actions.Client, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	c.Now = e.now
 	return c, ns, nil
 }
 

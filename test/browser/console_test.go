@@ -163,7 +163,9 @@ func TestConsole(t *testing.T) {
 		got := p.text(`section.endpoint[data-endpoint="signed"] .stats div:nth-child(2) dd`)
 		return got == numText(counts["signed"][0]+3), fmt.Errorf("signed shows %s deliveries in 24 hours, want %d", got, counts["signed"][0]+3)
 	})
-	card := func(name, sel string) string { return p.text(fmt.Sprintf(`section.endpoint[data-endpoint=%q] %s`, name, sel)) }
+	card := func(name, sel string) string {
+		return p.text(fmt.Sprintf(`section.endpoint[data-endpoint=%q] %s`, name, sel))
+	}
 	if got := card("signed", ".badge"); got != "Ready" {
 		t.Errorf("signed's status: %q, want Ready", got)
 	}
@@ -249,7 +251,7 @@ func TestConsole(t *testing.T) {
 	p.waitFor("the test delivery's first attempt", `#attempts tr[data-attempt="1"]`)
 	p.waitFor("the test delivery to succeed", `.pagehead .badge.ok`)
 	testID := p.text(`.summary div:first-child dd`)
-	if lines := orders.linesOf(testID); len(lines) != 1 || !regexp.MustCompile(` 200 event=` + testID + ` type=webhook.test attempt=1 verified=signature path=/hooks$`).MatchString(lines[0]) {
+	if lines := orders.linesOf(testID); len(lines) != 1 || !regexp.MustCompile(` 200 event=`+testID+` type=webhook.test attempt=1 verified=signature path=/hooks$`).MatchString(lines[0]) {
 		t.Errorf("the receiver's lines for the test event: %q, want one verified 200", lines)
 	}
 	if got := p.text(`#attempts tr[data-attempt="1"]`); !strings.Contains(got, "Scheduled Success 200") {
@@ -304,7 +306,21 @@ func TestConsole(t *testing.T) {
 	}
 	p.shot("endpoint")
 	p.do("opening Edit", chromedp.Click(chromedp.CSS("#edit-endpoint")), chromedp.WaitVisible(chromedp.CSS("#endpoint-form")))
+	if got := p.text(`label:has(input[name=source][value=keep])`); !strings.Contains(got, "Keep the current one Secret webhook-secrets, key signing-secret") {
+		t.Errorf("the edit form offers %q: want to keep the current Secret, by name", got)
+	}
+	p.do("changing the retry policy", chromedp.SendKeys(chromedp.CSS("#maxRetries"), "3"), chromedp.SendKeys(chromedp.CSS("#initialDelay"), "5"))
 	p.shot("endpoint-edit")
+	p.do("saving the changes", chromedp.Click(chromedp.CSS("#save-endpoint")), chromedp.WaitVisible(chromedp.CSS(".flash.success")))
+	if got := p.text(".settings"); !strings.Contains(got, "Retries 3 after the first attempt") || !strings.Contains(got, "first after 5s, then ×2") || !strings.Contains(got, "Secret webhook-secrets, key signing-secret") {
+		t.Errorf("after the edit the settings read %q", got)
+	}
+	if err := st.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "signed"}, ep); err != nil {
+		t.Fatal(err)
+	}
+	if rp := ep.Spec.RetryPolicy; rp == nil || ptr.Deref(rp.MaxRetries, -1) != 3 || ptr.Deref(rp.InitialDelaySeconds, -1) != 5 || rp.BackoffFactor != nil || ep.Spec.SigningSecretRef.Name != "webhook-secrets" {
+		t.Errorf("the edited endpoint's spec: %+v %+v", ep.Spec.RetryPolicy, ep.Spec.SigningSecretRef)
+	}
 
 	refusals(t, p, srv.Origin(), ns)
 	forbidden(t, p, ns, failed.Name)

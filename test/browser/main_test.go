@@ -275,7 +275,7 @@ func seedHistory(t *testing.T, ns string, now time.Time) map[string][2]int {
 		perHour := 4 + int(6*math.Max(0, math.Sin((hour-6)/12*math.Pi)))
 		for k := range perHour {
 			at := start.Add(time.Duration(k) * time.Hour / time.Duration(perHour))
-			if d := now.Sub(at); (d - 24*time.Hour).Abs() < 10*time.Minute || (d - 7*24*time.Hour).Abs() < 10*time.Minute {
+			if d := now.Sub(at); (d-24*time.Hour).Abs() < 10*time.Minute || (d-7*24*time.Hour).Abs() < 10*time.Minute {
 				continue // near a window's edge, where a minute's rounding decides
 			}
 			latency := time.Duration(35+int(40*math.Max(0, math.Sin((hour-9)/10*math.Pi)))+(k*7)%25) * time.Millisecond
