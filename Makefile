@@ -2,15 +2,15 @@
 
 # Tool versions, pinned. Tools are installed into ./bin with their version in the name.
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
+GOLANGCI_LINT_VERSION ?= v2.15.0
 # openapi-gen of k8s.io/kube-openapi, the version k8s.io/apiserver v0.37.2 uses (go.mod).
 KUBE_OPENAPI_VERSION ?= v0.0.0-20260721132016-d427ff9ee9ad
-GOLANGCI_LINT_VERSION ?= v2.15.0
 
 LOCALBIN ?= $(shell pwd)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 # In a directory named with its version: the generated files' header names the binary.
 OPENAPI_GEN ?= $(LOCALBIN)/kube-openapi-$(KUBE_OPENAPI_VERSION)/openapi-gen
-GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 # Build tags of test suites that `go test ./...` does not run; `make verify` compiles them.
 BUILD_TAGS ?= bench cluster
@@ -164,10 +164,10 @@ $(CONTROLLER_GEN): | $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(LOCALBIN)/controller-gen $(CONTROLLER_GEN)
 
-$(OPENAPI_GEN): | $(LOCALBIN)
-	mkdir -p $(dir $(OPENAPI_GEN))
-	GOBIN=$(dir $(OPENAPI_GEN)) go install k8s.io/kube-openapi/cmd/openapi-gen@$(KUBE_OPENAPI_VERSION)
-
 $(GOLANGCI_LINT): | $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	mv $(LOCALBIN)/golangci-lint $(GOLANGCI_LINT)
+
+$(OPENAPI_GEN): | $(LOCALBIN)
+	mkdir -p $(dir $(OPENAPI_GEN))
+	GOBIN=$(dir $(OPENAPI_GEN)) go install k8s.io/kube-openapi/cmd/openapi-gen@$(KUBE_OPENAPI_VERSION)

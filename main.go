@@ -186,7 +186,7 @@ func runManager(args []string) error {
 		if store, err = history.Open(ctx, dsn, history.Options{}); err != nil {
 			return fmt.Errorf("--history-database %s: %w", history.RedactDSN(dsn), err)
 		}
-		defer store.Close()
+		defer func() { _ = store.Close() }() // on the way out: nothing is left to write
 		ctrl.Log.Info("history store opened", "database", history.RedactDSN(dsn), "engine", store.Engine())
 	} else {
 		ctrl.Log.Info("no history store (--history-database is empty): finished deliveries leave etcd without a record, and events beyond the working set are refused")
@@ -207,7 +207,7 @@ func runManager(args []string) error {
 			return err
 		}
 	}
-	// The history API (kubectl get webhookdeliveryrecords), on every replica, serving the store.
+	// The history API (kubectl get webhookdeliveryrecords), on every replica.
 	if err := historyapi.AddToManager(mgr, historyAPI, store); err != nil {
 		return err
 	}
