@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
@@ -97,23 +98,40 @@ func (c *Client) CreateEndpoint(ctx context.Context, namespace string, s Endpoin
 	})
 }
 
-// UpdateEndpoint changes an endpoint from the settings page. resourceVersion is the version the
-// page showed: if the endpoint changed since, the API server refuses (a conflict) rather than
-// overwrite someone else's change.
-func (c *Client) UpdateEndpoint(ctx context.Context, namespace, name, resourceVersion string, s EndpointSettings) (*SaveResult, error) {
-	ep := &webhooksv1alpha1.WebhookEndpoint{}
-	if err := c.kube.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, ep); err != nil {
+// UpdateEndpoint changes an endpoint from the settings page. generation is the
+// metadata.generation of the endpoint the page showed (0: any): if its spec changed since, the
+// edit is refused rather than overwriting someone else's change. The operator's status writes
+// do not change the generation; an update that collides with one is tried again.
+func (c *Client) UpdateEndpoint(ctx context.Context, namespace, name string, generation int64, s EndpointSettings) (*SaveResult, error) {
+	var res *SaveResult
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		ep := &webhooksv1alpha1.WebhookEndpoint{}
+		if err := c.kube.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, ep); err != nil {
+			return err
+		}
+		if generation != 0 && ep.Generation != generation {
+			return &changedError{name: name}
+		}
+		var err error
+		res, err = c.save(ctx, ep, s, func(obj *webhooksv1alpha1.WebhookEndpoint, dryRun bool) error {
+			if dryRun {
+				return c.kube.Update(ctx, obj, client.DryRunAll)
+			}
+			return c.kube.Update(ctx, obj)
+		})
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
-	if resourceVersion != "" {
-		ep.ResourceVersion = resourceVersion
-	}
-	return c.save(ctx, ep, s, func(obj *webhooksv1alpha1.WebhookEndpoint, dryRun bool) error {
-		if dryRun {
-			return c.kube.Update(ctx, obj, client.DryRunAll)
-		}
-		return c.kube.Update(ctx, obj)
-	})
+	return res, nil
+}
+
+// changedError refuses an edit of an endpoint whose spec changed since the form was shown.
+type changedError struct{ name string }
+
+func (e *changedError) Error() string {
+	return "endpoint " + e.name + " was changed since this form was shown: reload the page and make the edit again"
 }
 
 func (c *Client) save(ctx context.Context, ep *webhooksv1alpha1.WebhookEndpoint, s EndpointSettings, write func(ep *webhooksv1alpha1.WebhookEndpoint, dryRun bool) error) (*SaveResult, error) {

@@ -14,9 +14,10 @@ import (
 // value goes from the request into a new Secret and is not echoed back.
 type endpointForm struct {
 	Edit            bool
-	Name            string
-	ResourceVersion string
-	URL             string
+	Name string
+	// Generation is the endpoint's metadata.generation the form shows (edit only).
+	Generation string
+	URL        string
 	Events          map[string]bool
 	Insecure        bool
 	Scheme          string
@@ -108,7 +109,7 @@ func (s *Server) editEndpointPage(w http.ResponseWriter, r *http.Request, ss *se
 // formOf fills the edit form from an endpoint.
 func formOf(ep *webhooksv1alpha1.WebhookEndpoint) *endpointForm {
 	f := &endpointForm{
-		Edit: true, Name: ep.Name, ResourceVersion: ep.ResourceVersion, URL: ep.Spec.URL,
+		Edit: true, Name: ep.Name, Generation: strconv.FormatInt(ep.Generation, 10), URL: ep.Spec.URL,
 		Events: map[string]bool{}, Insecure: ep.Spec.AllowInsecureHTTP, Scheme: string(ep.Spec.GetSignatureScheme()),
 		Timeout: int32Text(ep.Spec.TimeoutSeconds), Auth: string(actions.AuthNone), Source: string(actions.SecretGenerate),
 		SecretKey: actions.SigningSecretKey,
@@ -147,7 +148,7 @@ func int32Text(v *int32) string {
 func parseForm(r *http.Request, edit bool) (actions.EndpointSettings, *endpointForm, error) {
 	v := r.PostForm
 	f := &endpointForm{
-		Edit: edit, Name: strings.TrimSpace(v.Get("name")), ResourceVersion: v.Get("resourceVersion"),
+		Edit: edit, Name: strings.TrimSpace(v.Get("name")), Generation: v.Get("generation"),
 		URL: strings.TrimSpace(v.Get("url")), Events: map[string]bool{}, Insecure: v.Get("insecure") == "on",
 		Scheme:  v.Get("scheme"),
 		Timeout: strings.TrimSpace(v.Get("timeout")), MaxRetries: strings.TrimSpace(v.Get("maxRetries")),
@@ -235,7 +236,8 @@ func (s *Server) updateEndpoint(w http.ResponseWriter, r *http.Request, ss *sess
 		ctx, cancel := s.ctx(r)
 		defer cancel()
 		var res *actions.SaveResult
-		if res, err = s.opts.Actions.UpdateEndpoint(ctx, ns, name, f.ResourceVersion, set); err == nil {
+		generation, _ := strconv.ParseInt(f.Generation, 10, 64)
+		if res, err = s.opts.Actions.UpdateEndpoint(ctx, ns, name, generation, set); err == nil {
 			s.saved(w, r, ss, res, "saved")
 			return
 		}
