@@ -319,10 +319,28 @@ func (s *Server) deliveryPage(w http.ResponseWriter, r *http.Request, ss *sessio
 	case awaiting != "":
 		pending = d.LastRetryToken != awaiting
 	}
-	if pending && waiting {
+	switch {
+	case pending && waiting:
 		p.Notices = append(p.Notices, "Waiting for the operator's attempt…")
 		p.RefreshSeconds = 1
-	} else if d.Live && d.Attempts == 0 && s.opts.Now().Sub(d.Created) < awaitFor {
+	case pending:
+		p.Notices = append(p.Notices, fmt.Sprintf("No attempt within %s of the request: is the operator running? The delivery's condition says why it waits.", awaitFor))
+	case awaiting != "" && len(d.History) > 0:
+		// What the button did, on this page and on each reload of it until now.
+		a := d.History[len(d.History)-1]
+		what := "Test webhook"
+		if awaiting != "test" {
+			what = "Retry"
+			if q.Get("restored") == "1" {
+				what = "Retry (the delivery had left etcd: it was re-created from its record)"
+			}
+		}
+		kind := "info"
+		if a.Result == "Success" {
+			kind = "success"
+		}
+		p.Flashes = append(p.Flashes, Flash{Kind: kind, Text: fmt.Sprintf("%s: attempt %d, %s%s.", what, a.Number, a.Result, codeSuffix(a.StatusCode))})
+	case d.Live && d.Attempts == 0 && s.opts.Now().Sub(d.Created) < awaitFor:
 		p.RefreshSeconds = 2
 	}
 	attempts := slices.Clone(d.History)
@@ -368,8 +386,9 @@ func (s *Server) testEndpoint(w http.ResponseWriter, r *http.Request, ss *sessio
 		s.flash(w, r, ss, back(r, nsPath(ns, "endpoints", name)), Flash{Kind: "error", Text: refused("Test webhook", err)})
 		return
 	}
+	// The delivery's page shows the test's result (it waits for the attempt, then says it).
 	to := nsPath(ns, "deliveries", delivery) + "?" + url.Values{"awaiting": {"test"}, "at": {fmt.Sprint(s.opts.Now().Unix())}}.Encode()
-	s.flash(w, r, ss, to, Flash{Kind: "success", Text: "Test event sent to " + name + ": a webhook.test delivery. This page shows its attempt as soon as the operator makes it."})
+	http.Redirect(w, r, to, http.StatusSeeOther)
 }
 
 func (s *Server) pauseEndpoint(pause bool) func(http.ResponseWriter, *http.Request, *session) {
@@ -421,15 +440,16 @@ func (s *Server) retryDelivery(w http.ResponseWriter, r *http.Request, ss *sessi
 		s.flash(w, r, ss, back(r, page), Flash{Kind: "error", Text: refused("Retry", err)})
 		return
 	}
-	text := "Retry requested: the operator makes one more attempt now."
-	switch outcome {
-	case actions.RetryRestored:
-		text = "Retry requested: this delivery had left etcd, so it was re-created from its record for one more attempt."
-	case actions.RetryAlreadyHandled:
-		text = "This retry was requested already; no second attempt is made for it."
+	if outcome == actions.RetryAlreadyHandled {
+		s.flash(w, r, ss, page, Flash{Kind: "info", Text: "This retry was requested already (the form was sent twice): no second attempt is made for it."})
+		return
 	}
-	to := page + "?" + url.Values{"awaiting": {token}, "at": {fmt.Sprint(s.opts.Now().Unix())}}.Encode()
-	s.flash(w, r, ss, to, Flash{Kind: "success", Text: text})
+	// The delivery's page shows the retry's result (it waits for the attempt, then says it).
+	q := url.Values{"awaiting": {token}, "at": {fmt.Sprint(s.opts.Now().Unix())}}
+	if outcome == actions.RetryRestored {
+		q.Set("restored", "1")
+	}
+	http.Redirect(w, r, page+"?"+q.Encode(), http.StatusSeeOther)
 }
 
 func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request, ss *session) {
@@ -462,6 +482,14 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request, ss *session
 		}
 	}
 	s.flash(w, r, ss, to, f)
+}
+
+// codeSuffix is ", HTTP 200" for an answer, nothing for none.
+func codeSuffix(code int32) string {
+	if code == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", HTTP %d", code)
 }
 
 // refused says that an action did not happen and why: the API server's answer as it put it.

@@ -61,7 +61,7 @@ func (s *Server) render(w http.ResponseWriter, r *http.Request, ss *session, sta
 	p.Namespaces = s.namespaces(r)
 	if ss != nil {
 		p.CSRF = ss.csrf
-		p.Flashes = s.sessions.takeFlashes(ss)
+		p.Flashes = append(s.sessions.takeFlashes(ss), p.Flashes...)
 	}
 	s.write(w, status, name, p)
 }

@@ -50,7 +50,9 @@ func (p *page) location() string {
 // text is the visible text of the first element matching sel.
 func (p *page) text(sel string) string {
 	p.t.Helper()
-	s, err := chromedp.Run(p.ctx, chromedp.Text(chromedp.CSS(sel)))
+	ctx, cancel := context.WithTimeout(p.ctx, stepTimeout)
+	defer cancel()
+	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
 	if err != nil {
 		p.t.Fatalf("reading %s: %v (page: %s)", sel, err, p.location())
 	}
@@ -250,6 +252,9 @@ func TestConsole(t *testing.T) {
 	p.do("clicking Test webhook", chromedp.Click(chromedp.CSS("#test-webhook")))
 	p.waitFor("the test delivery's first attempt", `#attempts tr[data-attempt="1"]`)
 	p.waitFor("the test delivery to succeed", `.pagehead .badge.ok`)
+	if got := p.text(".flash.success"); got != "Test webhook: attempt 1, Success, HTTP 200." {
+		t.Errorf("the test's result reads %q", got)
+	}
 	testID := p.text(`.summary div:first-child dd`)
 	if lines := orders.linesOf(testID); len(lines) != 1 || !regexp.MustCompile(` 200 event=`+testID+` type=webhook.test attempt=1 verified=signature path=/hooks$`).MatchString(lines[0]) {
 		t.Errorf("the receiver's lines for the test event: %q, want one verified 200", lines)
@@ -294,7 +299,7 @@ func TestConsole(t *testing.T) {
 	if got := len(rcv.linesOf("evt-invoice-42")); before != 1 || got != 2 {
 		t.Errorf("the receiver got %d requests for the retried event before and %d after, want 1 and 2", before, got)
 	}
-	if got := p.text(".flash.success"); !strings.Contains(got, "had left etcd") {
+	if got := p.text(".flash.info"); got != "Retry (the delivery had left etcd: it was re-created from its record): attempt 2, HTTPError, HTTP 500." {
 		t.Errorf("the retry's result reads %q", got)
 	}
 	p.shot("delivery-retried")
