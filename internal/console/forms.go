@@ -13,25 +13,25 @@ import (
 // endpointForm is the create and edit page's form. It never holds a secret's value: a typed
 // value goes from the request into a new Secret and is not echoed back.
 type endpointForm struct {
-	Edit            bool
+	Edit bool
 	Name string
 	// Generation is the endpoint's metadata.generation the form shows (edit only).
-	Generation string
-	URL        string
-	Events          map[string]bool
-	Insecure        bool
-	Scheme          string
-	Timeout         string
-	MaxRetries      string
-	InitialDelay    string
-	Backoff         string
-	MaxDelay        string
-	Jitter          string
-	Auth            string
-	Source          string
-	SecretName      string
-	SecretKey       string
-	HeaderName      string
+	Generation   string
+	URL          string
+	Events       map[string]bool
+	Insecure     bool
+	Scheme       string
+	Timeout      string
+	MaxRetries   string
+	InitialDelay string
+	Backoff      string
+	MaxDelay     string
+	Jitter       string
+	Auth         string
+	Source       string
+	SecretName   string
+	SecretKey    string
+	HeaderName   string
 	// Current describes the endpoint's present Secret, for "keep" (edit only).
 	CurrentSignature string
 	CurrentHeader    string
