@@ -269,10 +269,20 @@ func TestConsole(t *testing.T) {
 
 	// Step 3: the deliveries, filtered to the Failed ones; Retry on the one that left etcd.
 	p.do("opening Deliveries", chromedp.Click(chromedp.CSS(`.nav a[href$="/deliveries"]`)), chromedp.WaitVisible(chromedp.CSS("#deliveries")))
+	// Each filter submits itself on change, as a person choosing it sees; the page a choice leads
+	// to marks it selected in its HTML (a value set by script would also match on the old page),
+	// and the next choice waits for that page, so no navigation is cut short by the next one.
+	p.do("filtering deliveries of failing",
+		chromedp.SetValue(chromedp.CSS("#f-endpoint"), "failing"),
+		chromedp.WaitReady(chromedp.CSS(`#f-endpoint option[value=failing][selected]`)))
 	p.do("filtering Failed deliveries of failing",
-		chromedp.SetValue(chromedp.CSS("#f-endpoint"), "failing"), chromedp.SetValue(chromedp.CSS("#f-phase"), "Failed"),
-		chromedp.Click(chromedp.CSS(`#filters button[type=submit]`)),
+		chromedp.SetValue(chromedp.CSS("#f-phase"), "Failed"),
+		chromedp.WaitReady(chromedp.CSS(`#f-endpoint option[value=failing][selected]`)),
+		chromedp.WaitReady(chromedp.CSS(`#f-phase option[value=Failed][selected]`)),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-delivery=`+failed.Name+`]`)))
+	if loc := p.location(); !strings.Contains(loc, "endpoint=failing") || !strings.Contains(loc, "phase=Failed") {
+		t.Errorf("after choosing both filters the page is %s", loc)
+	}
 	if got := p.count(`#deliveries tbody tr`); got != 1 {
 		t.Errorf("Failed deliveries of failing: %d rows, want 1", got)
 	}
