@@ -316,9 +316,13 @@ func (r *WebhookEndpointReconciler) announce(ep *webhooksv1alpha1.WebhookEndpoin
 	}
 }
 
+// minPositive is the earlier of two requeue delays, where 0 means none.
 func minPositive(a, b time.Duration) time.Duration {
-	if a <= 0 {
+	switch {
+	case a <= 0:
 		return b
+	case b <= 0:
+		return a
 	}
 	return min(a, b)
 }
