@@ -27,6 +27,9 @@ const (
 	AttemptsInFlightName      = "docrouter_webhook_attempts_in_flight"
 	EventsPublishedName       = "docrouter_webhook_events_published_total"
 	BulkRetriedDeliveriesName = "docrouter_webhook_bulk_retried_deliveries_total"
+	AttemptsThrottledName     = "docrouter_webhook_attempts_throttled_total"
+	DeliveriesThrottledName   = "docrouter_webhook_deliveries_throttled"
+	DeliveriesFilteredName    = "docrouter_webhook_deliveries_filtered_total"
 	ResultSucceeded           = "succeeded"
 	ResultFailed              = "failed"
 	otherLabelValue           = "other"
@@ -45,6 +48,17 @@ const (
 	ClassInvalid = "invalid"
 	// ClassOther is anything else, such as a 1xx final answer.
 	ClassOther = "other"
+)
+
+// Why the intake created no delivery for a subscribed endpoint, the values of the reason label
+// of docrouter_webhook_deliveries_filtered_total.
+const (
+	// FilterNoMatch: the endpoint's spec.filter is false for the event.
+	FilterNoMatch = "no_match"
+	// FilterInvalid: the endpoint's spec.filter does not compile (its Ready condition says why).
+	FilterInvalid = "invalid"
+	// FilterError: the filter failed on this event (a key the event lacks, a type it does not expect).
+	FilterError = "error"
 )
 
 var (
@@ -95,11 +109,26 @@ var (
 		Name: BulkRetriedDeliveriesName,
 		Help: "Failed deliveries retried through an endpoint's retry-failed annotation, by namespace.",
 	}, []string{"namespace"})
+
+	// AttemptsThrottled counts attempts that had to wait for their turn under their endpoint's
+	// spec.rateLimit (once per attempt, however long it waited).
+	AttemptsThrottled = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: AttemptsThrottledName,
+		Help: "Attempts that waited for their turn under their endpoint's spec.rateLimit, by namespace.",
+	}, []string{"namespace"})
+
+	// DeliveriesFiltered counts the deliveries the intake did not create because of an
+	// endpoint's spec.filter, by reason (no_match, invalid, error).
+	DeliveriesFiltered = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: DeliveriesFilteredName,
+		Help: "Deliveries not created because of the endpoint's spec.filter, by namespace and reason (no_match; invalid: the filter does not compile; error: it failed on the event).",
+	}, []string{"namespace", "reason"})
 )
 
 func init() {
 	ctrlmetrics.Registry.MustRegister(DeliveriesFinished, Attempts, AttemptDuration, DeliveryLag,
-		AttemptsInFlight, EventsPublished, BulkRetriedDeliveries, pending)
+		AttemptsInFlight, EventsPublished, BulkRetriedDeliveries, pending, AttemptsThrottled, throttled,
+		DeliveriesFiltered)
 }
 
 // RecordEventPublished counts one event accepted by the intake. An event type outside the
@@ -117,5 +146,6 @@ func RecordEventPublished(eventType string) {
 // that alerts and dashboards use only real series.
 func Names() []string {
 	return []string{DeliveriesFinishedName, AttemptsName, AttemptDurationName, DeliveryLagName,
-		DeliveriesPendingName, AttemptsInFlightName, EventsPublishedName, BulkRetriedDeliveriesName}
+		DeliveriesPendingName, AttemptsInFlightName, EventsPublishedName, BulkRetriedDeliveriesName,
+		AttemptsThrottledName, DeliveriesThrottledName, DeliveriesFilteredName}
 }
