@@ -137,3 +137,24 @@ func (h *endpointHealth) forget(key types.NamespacedName) {
 	delete(h.woken, key)
 	h.mu.Unlock()
 }
+
+// touch asks for the endpoint's reconcile unless one is coming already: something besides an
+// attempt changed what its status shows (it started to be throttled).
+func (h *endpointHealth) touch(key types.NamespacedName) {
+	h.mu.Lock()
+	if h.woken[key] {
+		h.mu.Unlock()
+		return
+	}
+	h.woken[key] = true
+	h.mu.Unlock()
+	obj := &webhooksv1alpha1.WebhookEndpoint{}
+	obj.Namespace, obj.Name = key.Namespace, key.Name
+	select {
+	case h.wake <- event.TypedGenericEvent[*webhooksv1alpha1.WebhookEndpoint]{Object: obj}:
+	default: // full: the endpoint's next reconcile publishes it
+		h.mu.Lock()
+		h.woken[key] = false
+		h.mu.Unlock()
+	}
+}

@@ -24,6 +24,7 @@ import (
 // scriptedReceiver verifies each request's signature and answers the next scripted response
 // (the last one repeats), recording when each request arrived.
 type scriptedReceiver struct {
+	url     string // set by the test that serves it
 	mu      sync.Mutex
 	answers []func(http.ResponseWriter)
 	times   []time.Time

@@ -17,6 +17,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
+	"github.com/docrouter/webhook-operator/internal/filter"
 )
 
 // Options are the operator's tunables; main.go exposes each as a flag.
@@ -27,7 +28,8 @@ type Options struct {
 	// MaxInFlight bounds the attempts in flight in all, so that memory stays bounded.
 	MaxInFlight int
 	// MaxInFlightPerEndpoint bounds the attempts in flight to one endpoint, so that a slow or
-	// silent receiver cannot take the slots of the others.
+	// silent receiver cannot take the slots of the others. An endpoint's spec.maxInFlight
+	// overrides it for that endpoint.
 	MaxInFlightPerEndpoint int
 	// SecretTTL is how long a Secret read is reused: a changed Secret is used within it.
 	SecretTTL time.Duration
@@ -76,10 +78,12 @@ func Setup(ctx context.Context, mgr ctrl.Manager, sender *dispatcher.Sender, opt
 	health := newEndpointHealth()
 	recorder := mgr.GetEventRecorder("webhook-operator")
 
+	rates := newRateLimiter(health.touch)
 	attempts := newAttemptRunner()
 	deliveries := &WebhookDeliveryReconciler{
 		Client: mgr.GetClient(), Sender: sender, Recorder: recorder, Clock: clk, Jitter: rand.Float64, Options: opts,
 		secrets: secrets, health: health, attempts: attempts, limiter: newInflightLimiter(opts.MaxInFlight, attempts.wake),
+		rates:           rates,
 		expectations:    newAttemptExpectations(),
 		finishedRetries: make(chan event.TypedGenericEvent[*webhooksv1alpha1.WebhookDelivery]),
 	}
@@ -100,7 +104,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, sender *dispatcher.Sender, opt
 	endpoints := &WebhookEndpointReconciler{
 		Client: mgr.GetClient(), Recorder: recorder, Clock: clk, Options: opts,
 		secrets: secrets, health: health, lastHealthWrite: map[types.NamespacedName]time.Time{},
-		apiReader: mgr.GetAPIReader(),
+		apiReader: mgr.GetAPIReader(), rates: rates, filters: filter.NewCache(filter.DefaultCacheSize),
 	}
 	return endpoints.SetupWithManager(mgr)
 }

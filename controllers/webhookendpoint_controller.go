@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+	"github.com/docrouter/webhook-operator/internal/filter"
 )
 
 // WebhookEndpointReconciler reports whether an endpoint can be delivered to, turns the test
@@ -40,6 +41,10 @@ type WebhookEndpointReconciler struct {
 
 	secrets *secretReader
 	health  *endpointHealth
+	// rates are the delivery controller's token buckets, read for the Throttled status.
+	rates *rateLimiter
+	// filters compiles spec.filter once per generation, to report one that does not compile.
+	filters *filter.Cache
 	// apiReader lists Failed deliveries, which the cache does not hold.
 	apiReader client.Reader
 
@@ -62,6 +67,7 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err := r.Get(ctx, req.NamespacedName, ep); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.health.forget(req.NamespacedName)
+			r.rates.forgetEndpoint(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -90,6 +96,7 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	r.enable(ep)
 	requeue, gone := r.copyHealth(ep)
 	requeue = minPositive(requeue, r.autoDisable(ep, gone))
+	setThrottled(ep)
 
 	ready, credentialProblem, err := r.readiness(ctx, ep)
 	if err != nil {
@@ -119,6 +126,12 @@ func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv
 		ready.Reason, ready.Message = webhooksv1alpha1.ReasonInvalidURL, "spec.url uses http:// without spec.allowInsecureHTTP"
 		return ready, false, nil
 	}
+	if _, err := r.filters.For(ep); err != nil {
+		// The intake creates no delivery for this endpoint while it lasts (internal/intake).
+		ready.Reason = webhooksv1alpha1.ReasonInvalidFilter
+		ready.Message = err.Error() + "; no event is delivered to this endpoint until spec.filter is fixed or removed"
+		return ready, false, nil
+	}
 	if _, err := r.secrets.resolve(ctx, ep); err != nil {
 		var cerr *credentialError
 		if !errors.As(err, &cerr) {
@@ -143,6 +156,9 @@ func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv
 		return ready, false, nil
 	}
 	ready.Status, ready.Reason, ready.Message = metav1.ConditionTrue, webhooksv1alpha1.ReasonValid, "the URL and Secrets are valid; deliveries are sent"
+	if ep.Spec.Filter != "" {
+		ready.Message = "the URL, Secrets and filter are valid; deliveries are sent for the events the filter selects"
+	}
 	return ready, false, nil
 }
 
@@ -273,33 +289,51 @@ func (r *WebhookEndpointReconciler) retryFailed(ctx context.Context, ep *webhook
 	return nil
 }
 
-// copyHealth copies the in-memory delivery health into status, at most once per
-// HealthUpdateInterval except when the endpoint starts or stops failing. It returns when to
-// look again if a write was held back.
+// copyHealth copies the in-memory delivery health, and the throttling under spec.rateLimit,
+// into status, at most once per HealthUpdateInterval except when the endpoint starts or stops
+// failing or being throttled. It returns when to look again: when a write was held back, or
+// while deliveries wait for the rate limit (to keep the count current and to write its end).
 func (r *WebhookEndpointReconciler) copyHealth(ep *webhooksv1alpha1.WebhookEndpoint) (requeue time.Duration, gone bool) {
 	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
-	h, ok := r.health.take(key)
-	if !ok {
-		return 0, false
-	}
-	s := &ep.Status
-	if h.ConsecutiveFailures == s.ConsecutiveFailures && h.LastSuccessTime.Equal(s.LastSuccessTime) &&
-		h.LastFailureTime.Equal(s.LastFailureTime) && h.FailingSince.Equal(s.FailingSince) {
-		return 0, h.Gone
-	}
 	now := r.Clock.Now()
+	h, ok := r.health.take(key)
+	t := r.throttleOf(ep, now)
+	s := &ep.Status
+	healthSame := !ok || (h.ConsecutiveFailures == s.ConsecutiveFailures && h.LastSuccessTime.Equal(s.LastSuccessTime) &&
+		h.LastFailureTime.Equal(s.LastFailureTime) && h.FailingSince.Equal(s.FailingSince))
+	if healthSame && t.same(s) {
+		return t.lookAgain(now, r.Options.HealthUpdateInterval), ok && h.Gone
+	}
+	transition := (ok && (h.ConsecutiveFailures == 0) != (s.ConsecutiveFailures == 0)) ||
+		(t.waiting > 0) != (s.ThrottledDeliveries > 0)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if last, ok := r.lastHealthWrite[key]; ok && (h.ConsecutiveFailures == 0) == (s.ConsecutiveFailures == 0) {
-		if wait := last.Add(r.Options.HealthUpdateInterval).Sub(now); wait > 0 && !h.Gone {
+	if last, found := r.lastHealthWrite[key]; found && !transition {
+		if wait := last.Add(r.Options.HealthUpdateInterval).Sub(now); wait > 0 && (!ok || !h.Gone) {
 			r.health.hold(key)
 			return wait, false
 		}
 	}
 	r.lastHealthWrite[key] = now
-	s.ConsecutiveFailures, s.LastSuccessTime, s.LastFailureTime = h.ConsecutiveFailures, h.LastSuccessTime, h.LastFailureTime
-	s.FailingSince = h.FailingSince
-	return 0, h.Gone
+	if ok {
+		s.ConsecutiveFailures, s.LastSuccessTime, s.LastFailureTime = h.ConsecutiveFailures, h.LastSuccessTime, h.LastFailureTime
+		s.FailingSince = h.FailingSince
+	}
+	s.ThrottledDeliveries, s.ThrottledUntil = t.waiting, t.until
+	return t.lookAgain(now, r.Options.HealthUpdateInterval), ok && h.Gone
+}
+
+// throttleOf is what status shows of the endpoint's throttling at now.
+func (r *WebhookEndpointReconciler) throttleOf(ep *webhooksv1alpha1.WebhookEndpoint, now time.Time) throttleStatus {
+	if ep.Spec.RateLimit == nil {
+		return throttleStatus{}
+	}
+	n, until := r.rates.throttled(types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}, now)
+	if n == 0 {
+		return throttleStatus{}
+	}
+	// Status times have whole seconds: rounded up, the time stays "not before".
+	return throttleStatus{waiting: n, until: &metav1.Time{Time: until.Add(time.Second - 1).Truncate(time.Second)}}
 }
 
 // announce records an Event when the endpoint's readiness changed.
