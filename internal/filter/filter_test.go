@@ -191,7 +191,7 @@ func TestCacheCompilesOncePerGenerationAndIsBounded(t *testing.T) {
 	if _, again := c.For(endpoint("b", 1, `event.nope`)); again == nil || again.Error() != bad.Error() {
 		t.Fatalf("the compile error is kept for the generation, got %v", again)
 	}
-	c.For(endpoint("c", 1, `true`))
+	_, _ = c.For(endpoint("c", 1, `true`))
 	if n := c.Len(); n != 2 {
 		t.Fatalf("cache of size 2 holds %d", n)
 	}

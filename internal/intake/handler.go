@@ -2,7 +2,7 @@
 // one event, checks the caller with the Kubernetes API (TokenReview, then SubjectAccessReview
 // of create on webhookevents.webhooks.docrouter.ai in that namespace), and creates one
 // WebhookDelivery for each WebhookEndpoint of the namespace that subscribes to the event's
-// type. A delivery's name derives from its endpoint and the event id, so publishing the same
+// type and whose spec.filter, if any, selects it (filter.go). A delivery's name derives from its endpoint and the event id, so publishing the same
 // event id again creates nothing new.
 package intake
 
@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+	"github.com/docrouter/webhook-operator/internal/filter"
 	"github.com/docrouter/webhook-operator/internal/metrics"
 	"github.com/docrouter/webhook-operator/publish"
 )
@@ -73,6 +74,7 @@ type Handler struct {
 	client    client.Client
 	endpoints client.Reader
 	reviewer  *reviewer
+	filters   *filter.Cache
 	opts      Options
 	mux       *http.ServeMux
 }
@@ -95,7 +97,7 @@ func NewHandler(c client.Client, endpoints client.Reader, opts Options) *Handler
 	if opts.NewEventID == nil {
 		opts.NewEventID = newUUID
 	}
-	h := &Handler{client: c, endpoints: endpoints, opts: opts, mux: http.NewServeMux()}
+	h := &Handler{client: c, endpoints: endpoints, opts: opts, mux: http.NewServeMux(), filters: filter.NewCache(filter.DefaultCacheSize)}
 	if !opts.AllowAnonymous {
 		h.reviewer = newReviewer(c, opts.Audiences, opts.AuthCacheTTL, opts.AuthCacheSize)
 	}
@@ -183,15 +185,26 @@ func (h *Handler) fanOut(ctx context.Context, ns string, event webhooksv1alpha1.
 			message: fmt.Sprintf("could not list the WebhookEndpoints of namespace %q (%s): publish the same event_id again", ns, reasonOf(err))}
 	}
 	accepted := &publish.Accepted{EventID: event.ID, Deliveries: []publish.Delivery{}}
+	input := filter.NewInput(&event)
 	for i := range endpoints.Items {
 		ep := &endpoints.Items[i]
-		if ep.Spec.Subscribes(event.Type) {
-			accepted.Deliveries = append(accepted.Deliveries, publish.Delivery{
-				Name: webhooksv1alpha1.DeliveryName(ep.Name, event.ID), Endpoint: ep.Name,
-			})
+		if !ep.Spec.Subscribes(event.Type) {
+			continue
 		}
+		if skipped := h.skippedBy(ep, input, event.Type); skipped != nil {
+			accepted.Skipped = append(accepted.Skipped, *skipped)
+			continue
+		}
+		accepted.Deliveries = append(accepted.Deliveries, publish.Delivery{
+			Name: webhooksv1alpha1.DeliveryName(ep.Name, event.ID), Endpoint: ep.Name,
+		})
 	}
-	if len(accepted.Deliveries) == 0 {
+	switch {
+	case len(accepted.Deliveries) == 0 && len(accepted.Skipped) > 0:
+		accepted.Message = fmt.Sprintf("the %d WebhookEndpoints of namespace %q that subscribe to %s did not select the event with their spec.filter (see skipped): nothing will be delivered",
+			len(accepted.Skipped), ns, event.Type)
+		return accepted, nil
+	case len(accepted.Deliveries) == 0:
 		accepted.Message = fmt.Sprintf("no WebhookEndpoint in namespace %q subscribes to %s: nothing will be delivered", ns, event.Type)
 		return accepted, nil
 	}
