@@ -12,7 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // An endpoint whose attempts all fail for the auto-disable period is disabled: a Warning Event,
@@ -22,7 +22,7 @@ func TestEndpointAutoDisabledThenReEnabled(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusInternalServerError)
+	rcv := testreceiver.New(t, testKey, http.StatusInternalServerError)
 	opts := testOptions()
 	opts.AutoDisableAfter = 2 * time.Second
 	startOperator(t, ns, opts)

@@ -14,7 +14,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/internal/metrics"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // setEndpointAnnotation sets an annotation on an endpoint with a merge patch, as
@@ -33,8 +33,8 @@ func TestRetryFailedAnnotationRetriesEveryFailedDeliveryOfTheEndpointOnce(t *tes
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	crm := testenv.NewReceiver(t, testKey, http.StatusOK, http.StatusInternalServerError)
-	other := testenv.NewReceiver(t, testKey, http.StatusInternalServerError)
+	crm := testreceiver.New(t, testKey, http.StatusOK, http.StatusInternalServerError)
+	other := testreceiver.New(t, testKey, http.StatusInternalServerError)
 	startOperator(t, ns, testOptions())
 	noRetries := func(ep *webhooksv1alpha1.WebhookEndpoint) { ep.Spec.RetryPolicy = fastRetries(0) }
 	create(t, newEndpoint(ns, "crm", crm.URL+"/hooks", noRetries), newEndpoint(ns, "other", other.URL+"/hooks", noRetries))

@@ -18,7 +18,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 func heavyDelivery(phase webhooksv1alpha1.DeliveryPhase) *webhooksv1alpha1.WebhookDelivery {
@@ -50,7 +50,7 @@ func TestManualRetryOfFailedDeliveryOutsideTheCache(t *testing.T) {
 	g.Expect(env.Client.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "signing"}, Data: map[string][]byte{"key": key},
 	})).To(Succeed())
-	rcv := testenv.NewReceiver(t, key, http.StatusServiceUnavailable)
+	rcv := testreceiver.New(t, key, http.StatusServiceUnavailable)
 
 	opts := env.ManagerOptions(ns)
 	opts.Cache = CacheOptions(opts.Cache)
@@ -119,7 +119,7 @@ func TestRetentionSweepDeletesExpiredDeliveries(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	ok, down := testenv.NewReceiver(t, testKey, http.StatusOK), testenv.NewReceiver(t, testKey, http.StatusInternalServerError)
+	ok, down := testreceiver.New(t, testKey, http.StatusOK), testreceiver.New(t, testKey, http.StatusInternalServerError)
 	opts := testOptions()
 	opts.SucceededRetention, opts.FailedRetention, opts.RetentionSweepInterval = 2*time.Second, 0, 500*time.Millisecond
 	startOperator(t, ns, opts)

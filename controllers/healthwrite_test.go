@@ -8,7 +8,7 @@ import (
 	. "github.com/onsi/gomega"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // A health write held back by --health-update-interval is written when the interval is over,
@@ -19,7 +19,7 @@ func TestHeldBackHealthIsWrittenAfterTheInterval(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	opts := testOptions()
 	opts.HealthUpdateInterval = 3 * time.Second
 	startOperator(t, ns, opts)

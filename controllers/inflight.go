@@ -74,7 +74,11 @@ func (l *inflightLimiter) enqueueShared(delivery types.NamespacedName) {
 // in the shared line.
 func (l *inflightLimiter) release(endpoint types.NamespacedName) {
 	l.mu.Lock()
-	if l.running[endpoint]--; l.running[endpoint] <= 0 {
+	if l.running[endpoint] <= 0 {
+		l.mu.Unlock()
+		return // nothing of this endpoint in flight: a release without an acquire frees nothing
+	}
+	if l.running[endpoint]--; l.running[endpoint] == 0 {
 		delete(l.running, endpoint)
 	}
 	l.sum--

@@ -19,7 +19,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/internal/metrics"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // scrape fetches the metrics as Prometheus does: over HTTP, in the text format, from the
@@ -86,8 +86,8 @@ func TestMetricsCountRealDeliveries(t *testing.T) {
 		return m
 	}
 
-	ok := testenv.NewReceiver(t, testKey, http.StatusOK)
-	failing := testenv.NewReceiver(t, testKey, http.StatusInternalServerError)
+	ok := testreceiver.New(t, testKey, http.StatusOK)
+	failing := testreceiver.New(t, testKey, http.StatusInternalServerError)
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	g.Expect(err).NotTo(HaveOccurred())
 	closedURL := "http://" + closed.Addr().String() + "/hooks"

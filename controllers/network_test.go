@@ -3,10 +3,7 @@ package controllers
 import (
 	"context"
 	"encoding/pem"
-	"io"
 	"net/http"
-	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,49 +14,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
-	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
-
-// scriptedReceiver verifies each request's signature and answers the next scripted response
-// (the last one repeats), recording when each request arrived.
-type scriptedReceiver struct {
-	url     string // set by the test that serves it
-	mu      sync.Mutex
-	answers []func(http.ResponseWriter)
-	times   []time.Time
-}
-
-func (s *scriptedReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, _ := io.ReadAll(r.Body)
-	if dispatcher.Verify(testKey, r.Header.Get(dispatcher.HeaderTimestamp), r.Header.Get(dispatcher.HeaderSignature), body, time.Now(), dispatcher.DefaultTolerance) != nil {
-		w.WriteHeader(http.StatusUnauthorized)
-		return
-	}
-	s.mu.Lock()
-	s.times = append(s.times, time.Now())
-	answer := s.answers[0]
-	if len(s.answers) > 1 {
-		s.answers = s.answers[1:]
-	}
-	s.mu.Unlock()
-	answer(w)
-}
-
-func (s *scriptedReceiver) arrivals() []time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]time.Time(nil), s.times...)
-}
-
-func answer(status int, retryAfter string) func(http.ResponseWriter) {
-	return func(w http.ResponseWriter) {
-		if retryAfter != "" {
-			w.Header().Set("Retry-After", retryAfter)
-		}
-		w.WriteHeader(status)
-	}
-}
 
 // TestGoneFailsAtOnce: a 410 Gone fails the delivery at once, without retries, with the reason
 // EndpointGone, and the endpoint gets a Warning Event EndpointGone.
@@ -67,7 +23,7 @@ func TestGoneFailsAtOnce(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusGone)
+	rcv := testreceiver.New(t, testKey, http.StatusGone)
 	startOperator(t, ns, testOptions())
 
 	create(t, newEndpoint(ns, "gone", rcv.URL)) // 3 retries from 1 s, were it retried
@@ -106,7 +62,7 @@ func TestGoneFailsAtOnce(t *testing.T) {
 	g.Consistently(rcv.Count).WithTimeout(time.Second).Should(Equal(1))
 
 	// Pointing the endpoint at a live receiver (a spec change) re-enables it.
-	moved := testenv.NewReceiver(t, testKey, http.StatusOK)
+	moved := testreceiver.New(t, testKey, http.StatusOK)
 	ep := getEndpoint(g, ns, "gone")
 	patch := client.MergeFrom(ep.DeepCopy())
 	ep.Spec.URL = moved.URL
@@ -126,17 +82,15 @@ func TestRetryAfterDelaysNextAttempt(t *testing.T) {
 	signingSecret(t, ns)
 	startOperator(t, ns, testOptions())
 
-	asked := &scriptedReceiver{answers: []func(http.ResponseWriter){answer(http.StatusTooManyRequests, "3"), answer(http.StatusOK, "")}}
-	srvAsked := httptest.NewServer(asked)
-	defer srvAsked.Close()
-	capped := &scriptedReceiver{answers: []func(http.ResponseWriter){
-		answer(http.StatusServiceUnavailable, time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)), answer(http.StatusOK, "")}}
-	srvCapped := httptest.NewServer(capped)
-	defer srvCapped.Close()
+	asked := testreceiver.New(t, testKey)
+	asked.Script(testreceiver.RetryAfter(http.StatusTooManyRequests, "3"), testreceiver.Answer{Status: http.StatusOK})
+	capped := testreceiver.New(t, testKey)
+	capped.Script(testreceiver.RetryAfter(http.StatusServiceUnavailable, time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)),
+		testreceiver.Answer{Status: http.StatusOK})
 
 	create(t,
-		newEndpoint(ns, "asks", srvAsked.URL),
-		newEndpoint(ns, "capped", srvCapped.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
+		newEndpoint(ns, "asks", asked.URL),
+		newEndpoint(ns, "capped", capped.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
 			ep.Spec.RetryPolicy.MaxDelaySeconds = ptr.To[int32](2)
 		}))
 	d1 := webhooksv1alpha1.NewDelivery(ns, "asks", newEvent("evt-429"))
@@ -145,7 +99,7 @@ func TestRetryAfterDelaysNextAttempt(t *testing.T) {
 
 	for _, tc := range []struct {
 		name     string
-		rcv      *scriptedReceiver
+		rcv      *testreceiver.Receiver
 		min, max time.Duration
 	}{
 		{d1.Name, asked, 3 * time.Second, 4500 * time.Millisecond},
@@ -154,7 +108,7 @@ func TestRetryAfterDelaysNextAttempt(t *testing.T) {
 		g.Eventually(func(g Gomega) {
 			g.Expect(getDelivery(g, ns, tc.name).Status.Phase).To(Equal(webhooksv1alpha1.PhaseSucceeded))
 		}).WithTimeout(15 * time.Second).Should(Succeed())
-		at := tc.rcv.arrivals()
+		at := tc.rcv.Arrivals()
 		g.Expect(at).To(HaveLen(2))
 		gap := at[1].Sub(at[0])
 		t.Logf("%s: second attempt %s after the first", tc.name, gap)
@@ -169,9 +123,7 @@ func TestCABundleRef(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := &scriptedReceiver{answers: []func(http.ResponseWriter){answer(http.StatusOK, "")}}
-	srv := httptest.NewTLSServer(rcv)
-	defer srv.Close()
+	srv := testreceiver.NewTLS(t, testKey)
 	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
 	startOperator(t, ns, testOptions())
 
@@ -211,5 +163,5 @@ func TestCABundleRef(t *testing.T) {
 		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Reason).To(Equal(webhooksv1alpha1.ReasonCABundleNotFound))
 		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Message).To(ContainSubstring(`no key "tls.crt"`))
 	}).WithTimeout(15 * time.Second).Should(Succeed())
-	g.Expect(rcv.arrivals()).To(HaveLen(1), "only the endpoint that trusts the CA got through")
+	g.Expect(srv.Count()).To(Equal(1), "only the endpoint that trusts the CA got through")
 }

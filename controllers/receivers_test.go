@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,7 +20,7 @@ import (
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
 	"github.com/docrouter/webhook-operator/internal/metrics"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // What receivers need: a rate limit, a bound on concurrent requests, filters. These tests run
@@ -62,7 +61,7 @@ func TestRateLimitSpreadsDeliveriesWithoutSpendingRetries(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	startOperator(t, ns, testOptions())
 	throttledBefore := testutil.ToFloat64(metrics.AttemptsThrottled.WithLabelValues(ns))
 
@@ -144,18 +143,15 @@ func TestRateLimitHonoursRetryAfter(t *testing.T) {
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
 	startOperator(t, ns, testOptions())
-	asksLonger := &scriptedReceiver{answers: []func(http.ResponseWriter){answer(http.StatusTooManyRequests, "4"), answer(http.StatusOK, "")}}
-	turnIsLater := &scriptedReceiver{answers: []func(http.ResponseWriter){answer(http.StatusTooManyRequests, "1"), answer(http.StatusOK, "")}}
-	for _, r := range []*scriptedReceiver{asksLonger, turnIsLater} {
-		srv := httptest.NewServer(r)
-		t.Cleanup(srv.Close)
-		r.url = srv.URL
-	}
+	asksLonger := testreceiver.New(t, testKey)
+	asksLonger.Script(testreceiver.RetryAfter(http.StatusTooManyRequests, "4"), testreceiver.Answer{Status: http.StatusOK})
+	turnIsLater := testreceiver.New(t, testKey)
+	turnIsLater.Script(testreceiver.RetryAfter(http.StatusTooManyRequests, "1"), testreceiver.Answer{Status: http.StatusOK})
 	create(t,
-		newEndpoint(ns, "asks-longer", asksLonger.url, func(ep *webhooksv1alpha1.WebhookEndpoint) {
+		newEndpoint(ns, "asks-longer", asksLonger.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
 			ep.Spec.RateLimit = &webhooksv1alpha1.RateLimit{Requests: 1, PeriodSeconds: ptr.To[int32](2)}
 		}),
-		newEndpoint(ns, "turn-is-later", turnIsLater.url, func(ep *webhooksv1alpha1.WebhookEndpoint) {
+		newEndpoint(ns, "turn-is-later", turnIsLater.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
 			ep.Spec.RateLimit = &webhooksv1alpha1.RateLimit{Requests: 1, PeriodSeconds: ptr.To[int32](5)}
 		}))
 	d1 := webhooksv1alpha1.NewDelivery(ns, "asks-longer", newEvent("evt-asks"))
@@ -163,7 +159,7 @@ func TestRateLimitHonoursRetryAfter(t *testing.T) {
 	create(t, d1, d2)
 	for _, tc := range []struct {
 		name     string
-		rcv      *scriptedReceiver
+		rcv      *testreceiver.Receiver
 		min, max time.Duration
 	}{
 		{d1.Name, asksLonger, 4 * time.Second, 5500 * time.Millisecond},
@@ -177,7 +173,10 @@ func TestRateLimitHonoursRetryAfter(t *testing.T) {
 			g.Expect(got.Status.Attempts).To(Equal(int32(2)))
 			g.Expect(got.Status.History[0].StatusCode).To(Equal(int32(http.StatusTooManyRequests)))
 		}).WithTimeout(20 * time.Second).Should(Succeed())
-		at := tc.rcv.arrivals()
+		for _, r := range tc.rcv.Requests() {
+			g.Expect(r.VerifyErr).NotTo(HaveOccurred())
+		}
+		at := tc.rcv.Arrivals()
 		g.Expect(at).To(HaveLen(2))
 		gap := at[1].Sub(at[0])
 		t.Logf("%s: second attempt %s after the first", tc.name, gap)
@@ -192,9 +191,9 @@ func TestMaxInFlightBoundsConcurrentRequests(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	slow := func() (*testenv.Receiver, *atomic.Int32) {
+	slow := func() (*testreceiver.Receiver, *atomic.Int32) {
 		var now, peak atomic.Int32
-		r := testenv.NewReceiver(t, testKey, http.StatusOK)
+		r := testreceiver.New(t, testKey, http.StatusOK)
 		r.OnRequest(func(*http.Request) {
 			n := now.Add(1)
 			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
@@ -284,7 +283,7 @@ func TestTestDeliveryIsSentWhateverTheFilterSays(t *testing.T) {
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
 	startOperator(t, ns, testOptions())
-	narrow, broken := testenv.NewReceiver(t, testKey), testenv.NewReceiver(t, testKey)
+	narrow, broken := testreceiver.New(t, testKey), testreceiver.New(t, testKey)
 	create(t,
 		newEndpoint(ns, "narrow", narrow.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
 			ep.Spec.Filter = `event.organization_id == "no-such-org" && "never" in event.document.tag_ids`
@@ -294,7 +293,7 @@ func TestTestDeliveryIsSentWhateverTheFilterSays(t *testing.T) {
 		}))
 	annotateEndpoint(t, ns, "narrow", "t1")
 	annotateEndpoint(t, ns, "broken", "t1")
-	for _, r := range []*testenv.Receiver{narrow, broken} {
+	for _, r := range []*testreceiver.Receiver{narrow, broken} {
 		g.Eventually(r.Count).WithTimeout(15 * time.Second).Should(Equal(1))
 		req := r.Requests()[0]
 		g.Expect(req.VerifyErr).NotTo(HaveOccurred())

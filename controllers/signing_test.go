@@ -5,12 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
-	"io"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,6 +20,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // shiftedClock is the real clock moved forward by a settable offset: the controllers can be
@@ -51,64 +48,29 @@ func newWhsec(t *testing.T) string {
 	return "whsec_" + base64.StdEncoding.EncodeToString(key)
 }
 
+// newDocRouterKey is a random key for the DocRouter scheme (raw bytes, not in whsec_ form).
+func newDocRouterKey(t *testing.T) string {
+	t.Helper()
+	return "docrouter-" + newWhsec(t)[6:]
+}
+
 func secretWith(ns, name, value string) *corev1.Secret {
 	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: map[string][]byte{"key": []byte(value)}}
 }
 
-// keyReceiver is a customer's receiver on loopback: it accepts a request (204) when it verifies
-// with its current key, and answers 401 otherwise. Its key can be changed, as a customer does
-// during a rotation. Every request is recorded.
-type keyReceiver struct {
-	*httptest.Server
-	verify func(key string, header http.Header, body []byte) error
-
-	mu   sync.Mutex
-	key  string
-	reqs []*http.Request
-	body [][]byte
-}
-
-func newKeyReceiver(t *testing.T, key string, verify func(key string, header http.Header, body []byte) error) *keyReceiver {
-	r := &keyReceiver{key: key, verify: verify}
-	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		body, _ := io.ReadAll(req.Body)
-		r.mu.Lock()
-		key := r.key
-		r.reqs = append(r.reqs, req.Clone(context.Background()))
-		r.body = append(r.body, body)
-		r.mu.Unlock()
-		if err := verify(key, req.Header, body); err != nil {
-			http.Error(w, err.Error(), http.StatusUnauthorized)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	t.Cleanup(r.Close)
+// newKeyReceiver is a customer's receiver on loopback: it accepts a request (204) when verify
+// accepts it with the receiver's current key, and answers 401 otherwise. The key can be changed,
+// as a customer does during a rotation.
+func newKeyReceiver(tb testing.TB, key string, verify testreceiver.VerifyFunc) *testreceiver.Receiver {
+	tb.Helper()
+	r := testreceiver.New(tb, []byte(key), http.StatusNoContent)
+	r.SetVerifier(verify)
 	return r
 }
 
-func (r *keyReceiver) setKey(key string) {
-	r.mu.Lock()
-	r.key = key
-	r.mu.Unlock()
-}
-
-func (r *keyReceiver) count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.reqs)
-}
-
-// request returns the i-th request's headers and body.
-func (r *keyReceiver) request(i int) (http.Header, []byte) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.reqs[i].Header, r.body[i]
-}
-
 // verifyStandardWebhooks is the receiver code of docs/signatures.md: the official library.
-func verifyStandardWebhooks(secret string, header http.Header, body []byte) error {
-	wh, err := standardwebhooks.NewWebhook(secret)
+func verifyStandardWebhooks(secret []byte, header http.Header, body []byte) error {
+	wh, err := standardwebhooks.NewWebhook(string(secret))
 	if err != nil {
 		return err
 	}
@@ -117,11 +79,11 @@ func verifyStandardWebhooks(secret string, header http.Header, body []byte) erro
 
 // verifyDocRouterEither is the receiver code of docs/signatures.md for the product scheme during
 // a rotation: accept the primary signature or, failing that, the previous one.
-func verifyDocRouterEither(key string, header http.Header, body []byte) error {
+func verifyDocRouterEither(key []byte, header http.Header, body []byte) error {
 	ts := header.Get(dispatcher.HeaderTimestamp)
-	err := dispatcher.Verify([]byte(key), ts, header.Get(dispatcher.HeaderSignature), body, time.Now(), dispatcher.DefaultTolerance)
+	err := dispatcher.Verify(key, ts, header.Get(dispatcher.HeaderSignature), body, time.Now(), dispatcher.DefaultTolerance)
 	if errors.Is(err, dispatcher.ErrSignatureInvalid) && header.Get(dispatcher.HeaderSignaturePrevious) != "" {
-		err = dispatcher.Verify([]byte(key), ts, header.Get(dispatcher.HeaderSignaturePrevious), body, time.Now(), dispatcher.DefaultTolerance)
+		err = dispatcher.Verify(key, ts, header.Get(dispatcher.HeaderSignaturePrevious), body, time.Now(), dispatcher.DefaultTolerance)
 	}
 	return err
 }
@@ -137,7 +99,7 @@ func TestStandardWebhooksDeliveryVerifiesWithOfficialLibrary(t *testing.T) {
 	create(t, secretWith(ns, "sw", secret))
 	failFirst := atomic.Bool{}
 	failFirst.Store(true)
-	rcv := newKeyReceiver(t, secret, func(key string, h http.Header, body []byte) error {
+	rcv := newKeyReceiver(t, secret, func(key []byte, h http.Header, body []byte) error {
 		if err := verifyStandardWebhooks(key, h, body); err != nil {
 			return err
 		}
@@ -161,14 +123,14 @@ func TestStandardWebhooksDeliveryVerifiesWithOfficialLibrary(t *testing.T) {
 		g.Expect(got.Status.Attempts).To(Equal(int32(2)))
 	}).WithTimeout(15 * time.Second).Should(Succeed())
 
-	for i := range 2 {
-		h, body := rcv.request(i)
-		g.Expect(verifyStandardWebhooks(secret, h, body)).To(Succeed(), "attempt %d", i+1)
-		g.Expect(h.Get("webhook-id")).To(Equal("evt-sw-1"), "webhook-id is the event id on every attempt")
-		g.Expect(h.Get(dispatcher.HeaderSignature)).To(BeEmpty())
+	reqs := rcv.Requests()
+	g.Expect(reqs).To(HaveLen(2))
+	for i, r := range reqs {
+		g.Expect(verifyStandardWebhooks([]byte(secret), r.Header, r.Body)).To(Succeed(), "attempt %d", i+1)
+		g.Expect(r.Header.Get("webhook-id")).To(Equal("evt-sw-1"), "webhook-id is the event id on every attempt")
+		g.Expect(r.Header.Get(dispatcher.HeaderSignature)).To(BeEmpty())
 	}
-	h, body := rcv.request(1)
-	t.Logf("captured Standard Webhooks request (secret %s):\n%s", secret, dumpRequest(rcv, 1, h, body))
+	t.Logf("captured Standard Webhooks request (secret %s):\n%s", secret, reqs[1].Dump())
 }
 
 // A StandardWebhooks endpoint whose Secret is not a whsec_ secret is not Ready, with a reason
@@ -203,7 +165,7 @@ func TestStandardWebhooksInvalidSecret(t *testing.T) {
 		g.Expect(got.Status.Attempts).To(BeZero())
 		g.Expect(condition(got.Status.Conditions, "Ready").Reason).To(Equal(webhooksv1alpha1.ReasonInvalidSecret))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
-	g.Expect(rcv.count()).To(BeZero())
+	g.Expect(rcv.Count()).To(BeZero())
 
 	s := &corev1.Secret{}
 	g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "sw"}, s)).To(Succeed())
@@ -222,14 +184,14 @@ func TestSigningSecretRotation(t *testing.T) {
 	schemes := []struct {
 		scheme       webhooksv1alpha1.SignatureScheme
 		newKey       func(*testing.T) string
-		verify       func(string, http.Header, []byte) error
+		verify       testreceiver.VerifyFunc
 		signatures   func(http.Header) int
 		wantMismatch error
 	}{
 		{webhooksv1alpha1.SignatureSchemeStandardWebhooks, newWhsec, verifyStandardWebhooks,
 			func(h http.Header) int { return len(strings.Fields(h.Get("webhook-signature"))) },
 			standardwebhooks.ErrNoMatchingSignature},
-		{webhooksv1alpha1.SignatureSchemeDocRouter, func(t *testing.T) string { return "docrouter-" + newWhsec(t)[6:] }, verifyDocRouterEither,
+		{webhooksv1alpha1.SignatureSchemeDocRouter, newDocRouterKey, verifyDocRouterEither,
 			func(h http.Header) int {
 				n := 0
 				for _, v := range []string{h.Get(dispatcher.HeaderSignature), h.Get(dispatcher.HeaderSignaturePrevious)} {
@@ -274,9 +236,9 @@ func TestSigningSecretRotation(t *testing.T) {
 					g.Expect(got.Status.Attempts).To(Equal(int32(1)))
 				}).WithTimeout(10*time.Second).Should(Succeed(), "delivery to receiver %s", d.Spec.EndpointRef.Name)
 			}
-			h, body := oldRcv.request(0)
-			g.Expect(tc.signatures(h)).To(Equal(2), "a request during the rotation carries two signatures")
-			g.Expect(tc.verify(newKey, h, body)).To(Succeed(), "the request to the old-key receiver also verifies with the new key")
+			during0 := oldRcv.Requests()[0]
+			g.Expect(tc.signatures(during0.Header)).To(Equal(2), "a request during the rotation carries two signatures")
+			g.Expect(tc.verify([]byte(newKey), during0.Header, during0.Body)).To(Succeed(), "the request to the old-key receiver also verifies with the new key")
 
 			// The expiry passes; the old Secret is deleted, as the procedure's last step says.
 			clk.advance(2 * time.Hour)
@@ -294,79 +256,20 @@ func TestSigningSecretRotation(t *testing.T) {
 				g.Expect(got.Status.Attempts).To(BeNumerically(">=", 1))
 				g.Expect(got.Status.LastStatusCode).To(Equal(int32(http.StatusUnauthorized)))
 			}).WithTimeout(10*time.Second).Should(Succeed(), "the old-key receiver rejects after the cutoff")
-			h, body = oldRcv.request(1)
-			g.Expect(tc.signatures(h)).To(Equal(1), "after the cutoff a request carries one signature")
-			g.Expect(tc.verify(oldKey, h, body)).To(MatchError(tc.wantMismatch))
-			g.Expect(tc.verify(newKey, h, body)).To(Succeed())
+			cutoff := oldRcv.Requests()[1]
+			g.Expect(cutoff.Status).To(Equal(http.StatusUnauthorized))
+			g.Expect(tc.signatures(cutoff.Header)).To(Equal(1), "after the cutoff a request carries one signature")
+			g.Expect(tc.verify([]byte(oldKey), cutoff.Header, cutoff.Body)).To(MatchError(tc.wantMismatch))
+			g.Expect(tc.verify([]byte(newKey), cutoff.Header, cutoff.Body)).To(Succeed())
 
 			// The late receiver switches to the new key: the retry goes through.
-			oldRcv.setKey(newKey)
+			oldRcv.SetKey([]byte(newKey))
 			g.Eventually(func(g Gomega) {
 				g.Expect(getDelivery(g, ns, after[0].Name).Status.Phase).To(Equal(webhooksv1alpha1.PhaseSucceeded))
 			}).WithTimeout(15 * time.Second).Should(Succeed())
 
 			if tc.scheme == webhooksv1alpha1.SignatureSchemeDocRouter {
-				h, body := newRcv.request(0)
-				t.Logf("captured DocRouter request during a rotation:\n%s", dumpRequest(newRcv, 0, h, body))
-			}
-		})
-	}
-}
-
-func dumpRequest(r *keyReceiver, i int, h http.Header, body []byte) []byte {
-	r.mu.Lock()
-	req := r.reqs[i]
-	r.mu.Unlock()
-	dump, _ := httputil.DumpRequest(&http.Request{Method: req.Method, URL: req.URL, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: h, Host: req.Host, Body: io.NopCloser(strings.NewReader(string(body)))}, true)
-	return dump
-}
-
-// The API server refuses the combinations that make no sense, with a sentence that says why.
-func TestSigningFieldsValidation(t *testing.T) {
-	ns := env.Namespace(t)
-	expires := metav1.NewTime(time.Now().Add(time.Hour))
-	tests := []struct {
-		name    string
-		mutate  func(*webhooksv1alpha1.WebhookEndpoint)
-		wantErr string
-	}{
-		{"previous ref without expiry", func(ep *webhooksv1alpha1.WebhookEndpoint) {
-			ep.Spec.PreviousSigningSecretRef = &webhooksv1alpha1.SecretKeyRef{Name: "old", Key: "key"}
-		}, "previousSigningSecretRef and spec.previousSigningSecretExpiresAt go together"},
-		{"expiry without previous ref", func(ep *webhooksv1alpha1.WebhookEndpoint) {
-			ep.Spec.PreviousSigningSecretExpiresAt = &expires
-		}, "previousSigningSecretRef and spec.previousSigningSecretExpiresAt go together"},
-		{"previous ref without a current one", func(ep *webhooksv1alpha1.WebhookEndpoint) {
-			ep.Spec.SigningSecretRef = nil
-			ep.Spec.PreviousSigningSecretRef = &webhooksv1alpha1.SecretKeyRef{Name: "old", Key: "key"}
-			ep.Spec.PreviousSigningSecretExpiresAt = &expires
-		}, "previousSigningSecretRef needs spec.signingSecretRef"},
-		{"StandardWebhooks without a secret", func(ep *webhooksv1alpha1.WebhookEndpoint) {
-			ep.Spec.SigningSecretRef = nil
-			ep.Spec.SignatureScheme = webhooksv1alpha1.SignatureSchemeStandardWebhooks
-		}, "StandardWebhooks needs spec.signingSecretRef"},
-		{"unknown scheme", func(ep *webhooksv1alpha1.WebhookEndpoint) {
-			ep.Spec.SignatureScheme = "GitHub"
-		}, `supported values: "DocRouter", "StandardWebhooks"`},
-		{"a complete rotation", func(ep *webhooksv1alpha1.WebhookEndpoint) {
-			ep.Spec.SignatureScheme = webhooksv1alpha1.SignatureSchemeStandardWebhooks
-			ep.Spec.PreviousSigningSecretRef = &webhooksv1alpha1.SecretKeyRef{Name: "old", Key: "key"}
-			ep.Spec.PreviousSigningSecretExpiresAt = &expires
-		}, ""},
-	}
-	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ep := newEndpoint(ns, "ep-"+string(rune('a'+i)), "https://hooks.example.com/x", tt.mutate)
-			err := env.Client.Create(context.Background(), ep)
-			if tt.wantErr == "" {
-				if err != nil {
-					t.Fatalf("a valid endpoint was refused: %v", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("error = %v, want one containing %q", err, tt.wantErr)
+				t.Logf("captured DocRouter request during a rotation:\n%s", newRcv.Requests()[0].Dump())
 			}
 		})
 	}

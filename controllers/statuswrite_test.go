@@ -16,7 +16,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // When the status write after an attempt fails (the API server is unreachable), the next
@@ -26,7 +26,7 @@ func TestFailedStatusWriteIsRetriedWithoutResending(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	create(t, newEndpoint(ns, "flaky-api", rcv.URL))
 	d := webhooksv1alpha1.NewDelivery(ns, "flaky-api", newEvent("evt-held"))
 	create(t, d)

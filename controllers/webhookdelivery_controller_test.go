@@ -16,7 +16,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // A delivery to a healthy receiver succeeds at its first attempt, signed as the product docs
@@ -25,7 +25,7 @@ func TestDeliverySucceedsAtFirstAttempt(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	startOperator(t, ns, testOptions())
 
 	create(t, newEndpoint(ns, "crm", rcv.URL+"/hooks"))
@@ -81,7 +81,7 @@ func TestRetriesWithBackoffUntilSuccess(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, 500, 500, 200)
+	rcv := testreceiver.New(t, testKey, 500, 500, 200)
 	startOperator(t, ns, testOptions())
 
 	create(t, newEndpoint(ns, "flaky", rcv.URL))
@@ -123,7 +123,7 @@ func TestExhaustionThenManualRetry(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, 503)
+	rcv := testreceiver.New(t, testKey, 503)
 	startOperator(t, ns, testOptions())
 
 	create(t, newEndpoint(ns, "down", rcv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
@@ -171,7 +171,7 @@ func TestExhaustionThenManualRetry(t *testing.T) {
 func TestMissingSecretHoldsDeliveries(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	startOperator(t, ns, testOptions())
 
 	create(t, newEndpoint(ns, "nosecret", rcv.URL))
@@ -214,7 +214,7 @@ func TestPausedEndpointHoldsDeliveries(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	startOperator(t, ns, testOptions())
 
 	ep := newEndpoint(ns, "paused", rcv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) { ep.Spec.Paused = true })
@@ -238,7 +238,7 @@ func TestPausedEndpointHoldsDeliveries(t *testing.T) {
 func TestAuthHeaderFromSecret(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
-	rcv := testenv.NewReceiver(t, nil, http.StatusOK)
+	rcv := testreceiver.New(t, nil, http.StatusOK)
 	startOperator(t, ns, testOptions())
 	create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "n8n"}, Data: map[string][]byte{"token": []byte("Bearer n8n-token")}})
 	create(t, newEndpoint(ns, "n8n", rcv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
@@ -258,7 +258,7 @@ func TestTestAnnotationSendsOneTestEventPerToken(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	startOperator(t, ns, testOptions())
 	ep := newEndpoint(ns, "tested", rcv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
 		ep.Spec.EventTypes = []string{"document.uploaded"} // the test event is sent regardless
@@ -293,7 +293,7 @@ func TestRestartResumesScheduleWithoutBurst(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, 500, 200)
+	rcv := testreceiver.New(t, testKey, 500, 200)
 	stop := startOperator(t, ns, testOptions())
 	create(t, newEndpoint(ns, "restart", rcv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
 		ep.Spec.RetryPolicy.InitialDelaySeconds = ptr.To[int32](4)
@@ -326,7 +326,7 @@ func TestNoDuplicateSendWhenTouchedAfterSuccess(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	rcv := testenv.NewReceiver(t, testKey, http.StatusOK)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
 	startOperator(t, ns, testOptions())
 	create(t, newEndpoint(ns, "once", rcv.URL))
 

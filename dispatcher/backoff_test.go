@@ -5,25 +5,36 @@ import (
 	"time"
 )
 
-var defaultPolicy = Policy{MaxRetries: 10, InitialDelay: 30 * time.Second, Factor: 2, MaxDelay: 4 * time.Hour, JitterPercent: 10}
+// examplePolicy is an explicit policy for the tests of the function. The operator's default
+// policy is built from the API's defaults, so its schedule is tested where the two meet:
+// controllers/retrypolicy_test.go.
+var examplePolicy = Policy{MaxRetries: 10, InitialDelay: 30 * time.Second, Factor: 2, MaxDelay: 4 * time.Hour, JitterPercent: 10}
 
-// The documented default schedule: 30s doubling, capped at 4h, about 8.3 hours in all.
-func TestDefaultSchedule(t *testing.T) {
-	want := []time.Duration{30 * time.Second, time.Minute, 2 * time.Minute, 4 * time.Minute, 8 * time.Minute,
-		16 * time.Minute, 32 * time.Minute, 64 * time.Minute, 128 * time.Minute, 4 * time.Hour}
-	got := defaultPolicy.Schedule()
-	if len(got) != len(want) {
-		t.Fatalf("schedule has %d retries, want %d", len(got), len(want))
-	}
-	var total time.Duration
-	for i := range want {
-		if got[i] != want[i] {
-			t.Errorf("retry %d waits %v, want %v", i+1, got[i], want[i])
-		}
-		total += got[i]
-	}
-	if total != 29730*time.Second {
-		t.Errorf("total %v, want 8h15m30s", total)
+// Schedule lists one nominal wait per retry: no jitter, multiplied by the factor each time,
+// capped at MaxDelay.
+func TestScheduleListsTheNominalWaitOfEachRetry(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		p    Policy
+		want []time.Duration
+	}{
+		{"doubling, capped", Policy{MaxRetries: 6, InitialDelay: time.Second, Factor: 2, MaxDelay: 10 * time.Second, JitterPercent: 50},
+			[]time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second}},
+		{"factor 3", Policy{MaxRetries: 3, InitialDelay: 5 * time.Second, Factor: 3, MaxDelay: time.Hour},
+			[]time.Duration{5 * time.Second, 15 * time.Second, 45 * time.Second}},
+		{"no retries", Policy{MaxRetries: 0, InitialDelay: time.Second, Factor: 2, MaxDelay: time.Hour}, []time.Duration{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := tc.p.Schedule()
+			if len(got) != len(tc.want) {
+				t.Fatalf("Schedule() = %v, want %v", got, tc.want)
+			}
+			for i := range got {
+				if got[i] != tc.want[i] {
+					t.Fatalf("Schedule() = %v, want %v", got, tc.want)
+				}
+			}
+		})
 	}
 }
 
@@ -36,14 +47,14 @@ func TestDelay(t *testing.T) {
 		jitter     float64
 		want       time.Duration
 	}{
-		{"first retry", defaultPolicy, 1, 0, 0, 30 * time.Second},
-		{"jitter is an addition of at most jitterPercent", defaultPolicy, 1, 0, 0.999999, 32999997 * time.Microsecond},
-		{"half jitter", defaultPolicy, 2, 0, 0.5, 63 * time.Second},
-		{"capped", defaultPolicy, 30, 0, 0, 4 * time.Hour},
+		{"first retry", examplePolicy, 1, 0, 0, 30 * time.Second},
+		{"jitter is an addition of at most jitterPercent", examplePolicy, 1, 0, 0.999999, 32999997 * time.Microsecond},
+		{"half jitter", examplePolicy, 2, 0, 0.5, 63 * time.Second},
+		{"capped", examplePolicy, 30, 0, 0, 4 * time.Hour},
 		{"huge attempt count does not overflow", Policy{InitialDelay: time.Second, Factor: 10, MaxDelay: time.Hour}, 1 << 30, 0, 0, time.Hour},
-		{"Retry-After longer than backoff wins", defaultPolicy, 1, 10 * time.Minute, 0, 10 * time.Minute},
-		{"Retry-After shorter than backoff is ignored", defaultPolicy, 3, time.Second, 0, 2 * time.Minute},
-		{"Retry-After is capped by maxDelay", defaultPolicy, 1, 48 * time.Hour, 0, 4 * time.Hour},
+		{"Retry-After longer than backoff wins", examplePolicy, 1, 10 * time.Minute, 0, 10 * time.Minute},
+		{"Retry-After shorter than backoff is ignored", examplePolicy, 3, time.Second, 0, 2 * time.Minute},
+		{"Retry-After is capped by maxDelay", examplePolicy, 1, 48 * time.Hour, 0, 4 * time.Hour},
 		{"factor 1 is constant", Policy{InitialDelay: 5 * time.Second, Factor: 1, MaxDelay: time.Hour}, 7, 0, 0, 5 * time.Second},
 		{"out-of-range jitter is clamped", Policy{InitialDelay: 10 * time.Second, Factor: 2, MaxDelay: time.Hour, JitterPercent: 100}, 1, 0, 7, 20 * time.Second},
 	}

@@ -24,7 +24,7 @@ import (
 	"unicode"
 
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 func request(url string) dispatcher.Request {
@@ -163,6 +163,7 @@ func TestSendLargeBodyMemoryStaysFlat(t *testing.T) {
 // snippet shows that the body was inflated, and where it was cut). Members concatenate: a stream
 // of n of them inflates to n*16 MiB.
 func gzipBomb(t *testing.T) []byte {
+	t.Helper()
 	bombOnce.Do(func() {
 		var b bytes.Buffer
 		zw, _ := gzip.NewWriterLevel(&b, gzip.BestSpeed)
@@ -182,7 +183,7 @@ var (
 // TestSendDoesNotFollowRedirects: a 3xx is recorded as a failed attempt that says why, and the
 // Location target gets no request.
 func TestSendDoesNotFollowRedirects(t *testing.T) {
-	target := testenv.NewReceiver(t, nil)
+	target := testreceiver.New(t, nil)
 	for _, code := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
 		srv := httptest.NewServer(http.RedirectHandler(target.URL+"/elsewhere", code))
 		res := dispatcher.NewSender(dispatcher.SenderOptions{}).Send(context.Background(), request(srv.URL))
@@ -213,14 +214,13 @@ func TestSendRetryAfter(t *testing.T) {
 		{http.StatusInternalServerError, "120", 0}, // Retry-After means nothing on a 500
 		{http.StatusServiceUnavailable, "", 0},
 	} {
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if tc.header != "" {
-				w.Header().Set("Retry-After", tc.header)
-			}
-			w.WriteHeader(tc.status)
-		}))
+		srv := testreceiver.New(t, nil)
+		if tc.header != "" {
+			srv.Script(testreceiver.RetryAfter(tc.status, tc.header))
+		} else {
+			srv.SetStatuses(tc.status)
+		}
 		res := dispatcher.NewSender(dispatcher.SenderOptions{Now: func() time.Time { return now }}).Send(context.Background(), request(srv.URL))
-		srv.Close()
 		if res.RetryAfter != tc.want || res.Class != dispatcher.ClassHTTPError {
 			t.Errorf("HTTP %d with Retry-After %q: RetryAfter = %s (%s), want %s", tc.status, tc.header, res.RetryAfter, res.Class, tc.want)
 		}
@@ -231,7 +231,7 @@ func TestSendRetryAfter(t *testing.T) {
 // the sender sets itself (framing, content type, the signature and event headers) cannot be
 // replaced through it: the receiver sees the sender's values and a valid signature.
 func TestSendStaticHeadersCannotOverride(t *testing.T) {
-	rcv := testenv.NewReceiver(t, nil)
+	rcv := testreceiver.New(t, nil)
 	m := request(rcv.URL)
 	m.Headers = http.Header{
 		"Authorization":             {"Bearer token-1"},
@@ -333,6 +333,7 @@ func TestSendTLS(t *testing.T) {
 
 // newCAPEM makes a self-signed CA certificate.
 func newCAPEM(t *testing.T) []byte {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -354,7 +355,7 @@ func newCAPEM(t *testing.T) []byte {
 // endpoint is delivered to when the operator allows 127.0.0.0/8, as the dev stack does. The
 // name is resolved by a stub: nothing here leaves the host.
 func TestSendAddressPolicy(t *testing.T) {
-	rcv := testenv.NewReceiver(t, nil)
+	rcv := testreceiver.New(t, nil)
 	_, port, _ := net.SplitHostPort(rcv.Listener.Addr().String())
 	resolver := stubResolver{"receiver.example": "127.0.0.1", "metadata.example": "169.254.169.254"}
 

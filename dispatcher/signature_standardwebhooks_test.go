@@ -6,17 +6,15 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/docrouter/webhook-operator/dispatcher"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // newWhsec returns a fresh Standard Webhooks secret in the whsec_ form a user puts in a Secret,
@@ -30,60 +28,39 @@ func newWhsec(t *testing.T) (string, []byte) {
 	return "whsec_" + base64.StdEncoding.EncodeToString(key), key
 }
 
-// capturedRequest is one request as a receiver got it.
-type capturedRequest struct {
-	header http.Header
-	body   []byte
+// newCapturingServer is a receiver on loopback that checks nothing, records every request and
+// answers 204.
+func newCapturingServer(tb testing.TB) *testreceiver.Receiver {
+	tb.Helper()
+	return testreceiver.New(tb, nil, http.StatusNoContent)
 }
 
-// capturingServer is a real HTTP server on loopback that records every request and answers 204.
-type capturingServer struct {
-	*httptest.Server
-	mu   sync.Mutex
-	reqs []capturedRequest
-}
-
-func newCapturingServer(t *testing.T) *capturingServer {
-	s := &capturingServer{}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		s.mu.Lock()
-		s.reqs = append(s.reqs, capturedRequest{header: r.Header.Clone(), body: body})
-		s.mu.Unlock()
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
-
-func (s *capturingServer) last(t *testing.T) capturedRequest {
-	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.reqs) == 0 {
-		t.Fatal("the receiver got no request")
+// last is the latest request srv got.
+func last(tb testing.TB, srv *testreceiver.Receiver) testreceiver.Request {
+	tb.Helper()
+	reqs := srv.Requests()
+	if len(reqs) == 0 {
+		tb.Fatal("the receiver got no request")
 	}
-	return s.reqs[len(s.reqs)-1]
+	return reqs[len(reqs)-1]
 }
 
 // officialReceiver is a receiver as a customer would write it with the official Standard
 // Webhooks library: 204 when webhook-signature verifies, 401 otherwise.
-func officialReceiver(t *testing.T, secret string) *httptest.Server {
-	t.Helper()
-	wh, err := standardwebhooks.NewWebhook(secret)
-	if err != nil {
-		t.Fatal(err)
+func officialReceiver(tb testing.TB, secret string) *testreceiver.Receiver {
+	tb.Helper()
+	if _, err := standardwebhooks.NewWebhook(secret); err != nil {
+		tb.Fatal(err)
 	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		if err := wh.Verify(body, r.Header); err != nil {
-			http.Error(w, err.Error(), http.StatusUnauthorized)
-			return
+	r := testreceiver.New(tb, []byte(secret), http.StatusNoContent)
+	r.SetVerifier(func(secret []byte, header http.Header, body []byte) error {
+		wh, err := standardwebhooks.NewWebhook(string(secret))
+		if err != nil {
+			return err
 		}
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	t.Cleanup(srv.Close)
-	return srv
+		return wh.Verify(body, header)
+	})
+	return r
 }
 
 func signedRequest(url string, signing dispatcher.Signing) dispatcher.Request {
@@ -129,22 +106,22 @@ func TestStandardWebhooksHeaders(t *testing.T) {
 		if res := s.Send(context.Background(), m); !res.Succeeded() {
 			t.Fatalf("attempt %d: %+v", attempt, res)
 		}
-		req := srv.last(t)
-		if got := req.header.Values(dispatcher.HeaderWebhookSignature); len(got) != 1 || !strings.HasPrefix(got[0], "v1,") {
+		req := last(t, srv)
+		if got := req.Header.Values(dispatcher.HeaderWebhookSignature); len(got) != 1 || !strings.HasPrefix(got[0], "v1,") {
 			t.Fatalf("webhook-signature = %q, want one v1,<base64> value", got)
 		}
-		if req.header.Get(dispatcher.HeaderSignature) != "" {
+		if req.Header.Get(dispatcher.HeaderSignature) != "" {
 			t.Errorf("a StandardWebhooks request also carries %s", dispatcher.HeaderSignature)
 		}
-		if req.header.Get(dispatcher.HeaderWebhookTimestamp) != req.header.Get(dispatcher.HeaderTimestamp) {
-			t.Errorf("webhook-timestamp %q differs from %s %q", req.header.Get(dispatcher.HeaderWebhookTimestamp),
-				dispatcher.HeaderTimestamp, req.header.Get(dispatcher.HeaderTimestamp))
+		if req.Header.Get(dispatcher.HeaderWebhookTimestamp) != req.Header.Get(dispatcher.HeaderTimestamp) {
+			t.Errorf("webhook-timestamp %q differs from %s %q", req.Header.Get(dispatcher.HeaderWebhookTimestamp),
+				dispatcher.HeaderTimestamp, req.Header.Get(dispatcher.HeaderTimestamp))
 		}
 		wh, _ := standardwebhooks.NewWebhook(secret)
-		if err := wh.Verify(req.body, req.header); err != nil {
+		if err := wh.Verify(req.Body, req.Header); err != nil {
 			t.Fatalf("attempt %d does not verify: %v", attempt, err)
 		}
-		ids = append(ids, req.header.Get(dispatcher.HeaderWebhookID))
+		ids = append(ids, req.Header.Get(dispatcher.HeaderWebhookID))
 	}
 	for _, id := range ids {
 		if id != "evt-7f3a" {
@@ -167,27 +144,27 @@ func TestReplaySixMinutesLaterFailsVerification(t *testing.T) {
 	t.Run("StandardWebhooks", func(t *testing.T) {
 		signing := dispatcher.Signing{Scheme: dispatcher.SchemeStandardWebhooks, Keys: [][]byte{key}}
 		fresh.Send(context.Background(), signedRequest(srv.URL, signing))
-		if req := srv.last(t); wh.Verify(req.body, req.header) != nil {
+		if req := last(t, srv); wh.Verify(req.Body, req.Header) != nil {
 			t.Fatal("a fresh request does not verify")
 		}
 		sixMinutesAgo.Send(context.Background(), signedRequest(srv.URL, signing))
-		replayed := srv.last(t)
-		if err := wh.VerifyIgnoringTimestamp(replayed.body, replayed.header); err != nil {
+		replayed := last(t, srv)
+		if err := wh.VerifyIgnoringTimestamp(replayed.Body, replayed.Header); err != nil {
 			t.Fatalf("the captured request's signature itself should be genuine: %v", err)
 		}
-		if err := wh.Verify(replayed.body, replayed.header); !errors.Is(err, standardwebhooks.ErrMessageTooOld) {
+		if err := wh.Verify(replayed.Body, replayed.Header); !errors.Is(err, standardwebhooks.ErrMessageTooOld) {
 			t.Fatalf("replayed 6 minutes later: Verify = %v, want %v", err, standardwebhooks.ErrMessageTooOld)
 		}
 	})
 	t.Run("DocRouter", func(t *testing.T) {
 		signing := dispatcher.Signing{Keys: [][]byte{productKey}}
 		sixMinutesAgo.Send(context.Background(), signedRequest(srv.URL, signing))
-		replayed := srv.last(t)
-		ts, sig := replayed.header.Get(dispatcher.HeaderTimestamp), replayed.header.Get(dispatcher.HeaderSignature)
-		if err := dispatcher.Verify(productKey, ts, sig, replayed.body, time.Now().Add(-6*time.Minute), dispatcher.DefaultTolerance); err != nil {
+		replayed := last(t, srv)
+		ts, sig := replayed.Header.Get(dispatcher.HeaderTimestamp), replayed.Header.Get(dispatcher.HeaderSignature)
+		if err := dispatcher.Verify(productKey, ts, sig, replayed.Body, time.Now().Add(-6*time.Minute), dispatcher.DefaultTolerance); err != nil {
 			t.Fatalf("the captured request's signature itself should be genuine: %v", err)
 		}
-		if err := dispatcher.Verify(productKey, ts, sig, replayed.body, time.Now(), dispatcher.DefaultTolerance); !errors.Is(err, dispatcher.ErrTimestampTooOld) {
+		if err := dispatcher.Verify(productKey, ts, sig, replayed.Body, time.Now(), dispatcher.DefaultTolerance); !errors.Is(err, dispatcher.ErrTimestampTooOld) {
 			t.Fatalf("replayed 6 minutes later: Verify = %v, want %v", err, dispatcher.ErrTimestampTooOld)
 		}
 	})
@@ -199,18 +176,18 @@ func TestStandardWebhooksRotation(t *testing.T) {
 	strangerSecret, _ := newWhsec(t)
 	srv := newCapturingServer(t)
 	s := dispatcher.NewSender(dispatcher.SenderOptions{})
-	verify := func(secret string, req capturedRequest) error {
+	verify := func(secret string, req testreceiver.Request) error {
 		wh, err := standardwebhooks.NewWebhook(secret)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return wh.Verify(req.body, req.header)
+		return wh.Verify(req.Body, req.Header)
 	}
 
 	// During the rotation both keys sign: receivers that know either accept the request.
 	s.Send(context.Background(), signedRequest(srv.URL, dispatcher.Signing{Scheme: dispatcher.SchemeStandardWebhooks, Keys: [][]byte{newKey, oldKey}}))
-	during := srv.last(t)
-	if sigs := strings.Fields(during.header.Get(dispatcher.HeaderWebhookSignature)); len(sigs) != 2 {
+	during := last(t, srv)
+	if sigs := strings.Fields(during.Header.Get(dispatcher.HeaderWebhookSignature)); len(sigs) != 2 {
 		t.Fatalf("webhook-signature during rotation = %q, want two space-separated v1 signatures", sigs)
 	}
 	if err := verify(newSecret, during); err != nil {
@@ -225,7 +202,7 @@ func TestStandardWebhooksRotation(t *testing.T) {
 
 	// After the cutoff only the new key signs.
 	s.Send(context.Background(), signedRequest(srv.URL, dispatcher.Signing{Scheme: dispatcher.SchemeStandardWebhooks, Keys: [][]byte{newKey}}))
-	after := srv.last(t)
+	after := last(t, srv)
 	if err := verify(newSecret, after); err != nil {
 		t.Errorf("after the cutoff, a receiver with the new secret rejects: %v", err)
 	}

@@ -30,12 +30,12 @@ func TestDocRouterSchemeIsByteIdentical(t *testing.T) {
 		if res := s.Send(context.Background(), m); !res.Succeeded() {
 			t.Fatal(res)
 		}
-		req := srv.last(t)
-		if got := req.header.Get(dispatcher.HeaderSignature); got != want {
+		req := last(t, srv)
+		if got := req.Header.Get(dispatcher.HeaderSignature); got != want {
 			t.Errorf("scheme %q: %s = %q, want %q", scheme, dispatcher.HeaderSignature, got, want)
 		}
 		var names []string
-		for name := range req.header {
+		for name := range req.Header {
 			if name != "Accept-Encoding" && name != "Content-Length" {
 				names = append(names, name)
 			}
@@ -59,9 +59,9 @@ func TestUnsignedRequestCarriesNoSignature(t *testing.T) {
 	s := dispatcher.NewSender(dispatcher.SenderOptions{})
 	for _, scheme := range []dispatcher.Scheme{dispatcher.SchemeDocRouter, dispatcher.SchemeStandardWebhooks} {
 		s.Send(context.Background(), signedRequest(srv.URL, dispatcher.Signing{Scheme: scheme}))
-		req := srv.last(t)
+		req := last(t, srv)
 		for _, h := range []string{dispatcher.HeaderSignature, dispatcher.HeaderSignaturePrevious, dispatcher.HeaderWebhookSignature, dispatcher.HeaderWebhookID} {
-			if v := req.header.Get(h); v != "" {
+			if v := req.Header.Get(h); v != "" {
 				t.Errorf("scheme %q without a key sends %s: %q", scheme, h, v)
 			}
 		}
@@ -87,32 +87,32 @@ func TestDocRouterRotation(t *testing.T) {
 	}
 
 	s.Send(context.Background(), signedRequest(srv.URL, dispatcher.Signing{Scheme: dispatcher.SchemeDocRouter, Keys: [][]byte{newKey, oldKey}}))
-	during := srv.last(t)
-	ts := during.header.Get(dispatcher.HeaderTimestamp)
-	if err := dispatcher.Verify(newKey, ts, during.header.Get(dispatcher.HeaderSignature), during.body, time.Now(), dispatcher.DefaultTolerance); err != nil {
+	during := last(t, srv)
+	ts := during.Header.Get(dispatcher.HeaderTimestamp)
+	if err := dispatcher.Verify(newKey, ts, during.Header.Get(dispatcher.HeaderSignature), during.Body, time.Now(), dispatcher.DefaultTolerance); err != nil {
 		t.Errorf("during rotation, %s does not verify with the new key: %v", dispatcher.HeaderSignature, err)
 	}
-	if err := dispatcher.Verify(oldKey, ts, during.header.Get(dispatcher.HeaderSignaturePrevious), during.body, time.Now(), dispatcher.DefaultTolerance); err != nil {
+	if err := dispatcher.Verify(oldKey, ts, during.Header.Get(dispatcher.HeaderSignaturePrevious), during.Body, time.Now(), dispatcher.DefaultTolerance); err != nil {
 		t.Errorf("during rotation, %s does not verify with the old key: %v", dispatcher.HeaderSignaturePrevious, err)
 	}
 	for name, key := range map[string][]byte{"new": newKey, "old": oldKey} {
-		if err := acceptEither(key, during.header, during.body); err != nil {
+		if err := acceptEither(key, during.Header, during.Body); err != nil {
 			t.Errorf("during rotation, a receiver with the %s key rejects: %v", name, err)
 		}
 	}
-	if err := acceptEither([]byte("stranger"), during.header, during.body); !errors.Is(err, dispatcher.ErrSignatureInvalid) {
+	if err := acceptEither([]byte("stranger"), during.Header, during.Body); !errors.Is(err, dispatcher.ErrSignatureInvalid) {
 		t.Errorf("during rotation, a receiver with an unrelated key: %v", err)
 	}
 
 	s.Send(context.Background(), signedRequest(srv.URL, dispatcher.Signing{Scheme: dispatcher.SchemeDocRouter, Keys: [][]byte{newKey}}))
-	after := srv.last(t)
-	if v := after.header.Get(dispatcher.HeaderSignaturePrevious); v != "" {
+	after := last(t, srv)
+	if v := after.Header.Get(dispatcher.HeaderSignaturePrevious); v != "" {
 		t.Errorf("after the cutoff %s is still sent", dispatcher.HeaderSignaturePrevious)
 	}
-	if err := acceptEither(newKey, after.header, after.body); err != nil {
+	if err := acceptEither(newKey, after.Header, after.Body); err != nil {
 		t.Errorf("after the cutoff, a receiver with the new key rejects: %v", err)
 	}
-	if err := acceptEither(oldKey, after.header, after.body); !errors.Is(err, dispatcher.ErrSignatureInvalid) {
+	if err := acceptEither(oldKey, after.Header, after.Body); !errors.Is(err, dispatcher.ErrSignatureInvalid) {
 		t.Errorf("after the cutoff, a receiver with the old key: %v, want %v", err, dispatcher.ErrSignatureInvalid)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -103,6 +104,58 @@ func TestEndpointValidation(t *testing.T) {
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("want rejection containing %q, got %v", tc.want, err)
+			}
+		})
+	}
+}
+
+// The API server refuses the combinations that make no sense, with a sentence that says why.
+func TestSigningFieldsValidation(t *testing.T) {
+	ns := env.Namespace(t)
+	expires := metav1.NewTime(time.Now().Add(time.Hour))
+	tests := []struct {
+		name    string
+		mutate  func(*webhooksv1alpha1.WebhookEndpoint)
+		wantErr string
+	}{
+		{"previous ref without expiry", func(ep *webhooksv1alpha1.WebhookEndpoint) {
+			ep.Spec.PreviousSigningSecretRef = &webhooksv1alpha1.SecretKeyRef{Name: "old", Key: "key"}
+		}, "previousSigningSecretRef and spec.previousSigningSecretExpiresAt go together"},
+		{"expiry without previous ref", func(ep *webhooksv1alpha1.WebhookEndpoint) {
+			ep.Spec.PreviousSigningSecretExpiresAt = &expires
+		}, "previousSigningSecretRef and spec.previousSigningSecretExpiresAt go together"},
+		{"previous ref without a current one", func(ep *webhooksv1alpha1.WebhookEndpoint) {
+			ep.Spec.SigningSecretRef = nil
+			ep.Spec.PreviousSigningSecretRef = &webhooksv1alpha1.SecretKeyRef{Name: "old", Key: "key"}
+			ep.Spec.PreviousSigningSecretExpiresAt = &expires
+		}, "previousSigningSecretRef needs spec.signingSecretRef"},
+		{"StandardWebhooks without a secret", func(ep *webhooksv1alpha1.WebhookEndpoint) {
+			ep.Spec.SigningSecretRef = nil
+			ep.Spec.SignatureScheme = webhooksv1alpha1.SignatureSchemeStandardWebhooks
+		}, "StandardWebhooks needs spec.signingSecretRef"},
+		{"unknown scheme", func(ep *webhooksv1alpha1.WebhookEndpoint) {
+			ep.Spec.SignatureScheme = "GitHub"
+		}, `supported values: "DocRouter", "StandardWebhooks"`},
+		{"a complete rotation", func(ep *webhooksv1alpha1.WebhookEndpoint) {
+			ep.Spec.SignatureScheme = webhooksv1alpha1.SignatureSchemeStandardWebhooks
+			ep.Spec.PreviousSigningSecretRef = &webhooksv1alpha1.SecretKeyRef{Name: "old", Key: "key"}
+			ep.Spec.PreviousSigningSecretExpiresAt = &expires
+		}, ""},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ep := validEndpoint(ns)
+			ep.Name = "signing-" + string(rune('a'+i))
+			tt.mutate(ep)
+			err := env.Client.Create(context.Background(), ep)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("a valid endpoint was refused: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error = %v, want one containing %q", err, tt.wantErr)
 			}
 		})
 	}

@@ -37,8 +37,11 @@ type Record struct {
 	Namespace string
 	Name      string
 	// UID is the UID of the WebhookDelivery that last wrote the record.
-	UID      types.UID
-	Endpoint string
+	UID types.UID
+	// ResourceVersion is the WebhookDelivery's resourceVersion that the record was taken from
+	// (after the status write it records): the record holds exactly that version of the object.
+	ResourceVersion string
+	Endpoint        string
 	// Event is the whole event, as sent.
 	Event webhooksv1alpha1.Event
 	// Labels are the delivery's labels (the endpoint and event-type labels among them).
@@ -80,12 +83,13 @@ type Key struct {
 	Name      string
 }
 
-// Archived asks whether the store holds a delivery as finished: a record written by the
-// delivery of this UID, in a finished phase, with at least this many attempts.
+// ArchiveCheck asks whether the store holds a delivery as finished: a record written from
+// the delivery of this UID at this resourceVersion, in a finished phase. A delivery whose check
+// is satisfied may leave etcd: nothing of it is lost.
 type ArchiveCheck struct {
 	Key
-	UID      types.UID
-	Attempts int32
+	UID             types.UID
+	ResourceVersion string
 }
 
 // ListOptions select records. Empty fields select everything.

@@ -16,7 +16,7 @@ import (
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/internal/intake"
 	"github.com/docrouter/webhook-operator/internal/metrics"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 	"github.com/docrouter/webhook-operator/publish"
 )
 
@@ -45,8 +45,8 @@ func TestPublishAppliesEndpointFilters(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	invoices, otherOrg, broken, all, bigTotals := testenv.NewReceiver(t, signingKey), testenv.NewReceiver(t, signingKey),
-		testenv.NewReceiver(t, signingKey), testenv.NewReceiver(t, signingKey), testenv.NewReceiver(t, signingKey)
+	invoices, otherOrg, broken, all, bigTotals := testreceiver.New(t, signingKey), testreceiver.New(t, signingKey),
+		testreceiver.New(t, signingKey), testreceiver.New(t, signingKey), testreceiver.New(t, signingKey)
 	filteredEndpoint(t, ns, "invoices", invoices.URL, `event.organization_id == "org-1" && "invoices" in event.document.tag_ids`)
 	filteredEndpoint(t, ns, "other-org", otherOrg.URL, `event.organization_id == "org-2"`)
 	filteredEndpoint(t, ns, "broken", broken.URL, `event.organisation_id == "org-1"`)
@@ -78,7 +78,7 @@ func TestPublishAppliesEndpointFilters(t *testing.T) {
 		And(HaveField("Endpoint", "broken"), HaveField("Reason", publish.SkippedInvalidFilter),
 			HaveField("Message", And(ContainSubstring("undefined field 'organisation_id'"), ContainSubstring("publish the same event_id again")))),
 	))
-	for _, r := range []*testenv.Receiver{invoices, all, bigTotals} {
+	for _, r := range []*testreceiver.Receiver{invoices, all, bigTotals} {
 		g.Eventually(r.Count, 20*time.Second, 50*time.Millisecond).Should(Equal(1))
 		g.Expect(r.Requests()[0].Verified).To(BeTrue())
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/docrouter/webhook-operator/internal/intake"
 	"github.com/docrouter/webhook-operator/internal/metrics"
 	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 	"github.com/docrouter/webhook-operator/publish"
 )
 
@@ -45,10 +46,10 @@ var signingKey = []byte("whsec-intake-test-key")
 
 // startIntake runs a namespace-scoped manager (with the controllers when deliver is true, so
 // that deliveries are sent) and serves the intake handler on a loopback HTTP server.
-func startIntake(t testing.TB, ns string, opts intake.Options, deliver bool) string {
-	t.Helper()
+func startIntake(tb testing.TB, ns string, opts intake.Options, deliver bool) string {
+	tb.Helper()
 	var h *intake.Handler
-	env.StartManager(t, env.ManagerOptions(ns), func(ctx context.Context, mgr ctrl.Manager) error {
+	env.StartManager(tb, env.ManagerOptions(ns), func(ctx context.Context, mgr ctrl.Manager) error {
 		h = intake.NewHandler(mgr.GetClient(), mgr.GetCache(), opts)
 		if !deliver {
 			return nil
@@ -58,18 +59,18 @@ func startIntake(t testing.TB, ns string, opts intake.Options, deliver bool) str
 		return controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), o, nil)
 	})
 	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
+	tb.Cleanup(srv.Close)
 	return srv.URL
 }
 
 // publisher creates a ServiceAccount and returns a token of it from the TokenRequest API. When
 // grant is true, a Role and RoleBinding let it publish (create webhookevents) in ns.
-func publisher(t testing.TB, ns, name string, grant bool, audiences ...string) string {
-	t.Helper()
+func publisher(tb testing.TB, ns, name string, grant bool, audiences ...string) string {
+	tb.Helper()
 	ctx := context.Background()
-	create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
+	create(tb, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
 	if grant {
-		create(t,
+		create(tb,
 			&rbacv1.Role{
 				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-publish"},
 				Rules: []rbacv1.PolicyRule{{
@@ -86,24 +87,24 @@ func publisher(t testing.TB, ns, name string, grant bool, audiences ...string) s
 	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name,
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600), Audiences: audiences}}, metav1.CreateOptions{})
 	if err != nil {
-		t.Fatalf("requesting a token for %s: %v", name, err)
+		tb.Fatalf("requesting a token for %s: %v", name, err)
 	}
 	return tr.Status.Token
 }
 
-func create(t testing.TB, objs ...client.Object) {
-	t.Helper()
+func create(tb testing.TB, objs ...client.Object) {
+	tb.Helper()
 	for _, o := range objs {
 		if err := env.Client.Create(context.Background(), o); err != nil {
-			t.Fatalf("creating %T %s: %v", o, o.GetName(), err)
+			tb.Fatalf("creating %T %s: %v", o, o.GetName(), err)
 		}
 	}
 }
 
 // endpoint creates a WebhookEndpoint to url subscribed to types, signing with signingKey.
-func endpoint(t testing.TB, ns, name, url string, types ...string) {
-	t.Helper()
-	create(t, &webhooksv1alpha1.WebhookEndpoint{
+func endpoint(tb testing.TB, ns, name, url string, types ...string) {
+	tb.Helper()
+	create(tb, &webhooksv1alpha1.WebhookEndpoint{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: webhooksv1alpha1.WebhookEndpointSpec{
 			URL: url, AllowInsecureHTTP: true, EventTypes: types,
@@ -165,11 +166,11 @@ func post(t *testing.T, base, ns, token string, body []byte) answer {
 }
 
 // deliveries lists the namespace's deliveries from the API server (not a cache).
-func deliveries(t testing.TB, ns string) []webhooksv1alpha1.WebhookDelivery {
-	t.Helper()
+func deliveries(tb testing.TB, ns string) []webhooksv1alpha1.WebhookDelivery {
+	tb.Helper()
 	var l webhooksv1alpha1.WebhookDeliveryList
 	if err := env.Client.List(context.Background(), &l, client.InNamespace(ns)); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return l.Items
 }
@@ -182,7 +183,7 @@ func TestPublishFansOutToSubscribedEndpointsOnce(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	docs, all, llm := testenv.NewReceiver(t, signingKey), testenv.NewReceiver(t, signingKey), testenv.NewReceiver(t, signingKey)
+	docs, all, llm := testreceiver.New(t, signingKey), testreceiver.New(t, signingKey), testreceiver.New(t, signingKey)
 	endpoint(t, ns, "docs", docs.URL, "document.*")
 	endpoint(t, ns, "all", all.URL, "*")
 	endpoint(t, ns, "llm", llm.URL, "llm.completed", "llm.error")
@@ -201,7 +202,7 @@ func TestPublishFansOutToSubscribedEndpointsOnce(t *testing.T) {
 	))
 
 	// Each subscribed receiver gets the event once, signed; the third gets nothing.
-	for _, r := range []*testenv.Receiver{docs, all} {
+	for _, r := range []*testreceiver.Receiver{docs, all} {
 		g.Eventually(r.Count, 20*time.Second, 50*time.Millisecond).Should(Equal(1))
 		req := r.Requests()[0]
 		g.Expect(req.Verified).To(BeTrue(), "signature: %v", req.VerifyErr)
@@ -421,7 +422,7 @@ func TestPublishIncludesPausedEndpoints(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	signingSecret(t, ns)
-	r := testenv.NewReceiver(t, signingKey)
+	r := testreceiver.New(t, signingKey)
 	create(t, &webhooksv1alpha1.WebhookEndpoint{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "paused"},
 		Spec: webhooksv1alpha1.WebhookEndpointSpec{

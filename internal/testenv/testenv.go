@@ -130,13 +130,13 @@ func Run(m *testing.M, env **Env) int {
 }
 
 // Namespace creates a namespace of its own for one test.
-func (e *Env) Namespace(t testing.TB) string {
-	t.Helper()
+func (e *Env) Namespace(tb testing.TB) string {
+	tb.Helper()
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "t-" + hex.EncodeToString(b)}}
 	if err := e.Client.Create(context.Background(), ns); err != nil {
-		t.Fatalf("creating namespace: %v", err)
+		tb.Fatalf("creating namespace: %v", err)
 	}
 	return ns.Name
 }
@@ -158,29 +158,29 @@ func (e *Env) ManagerOptions(namespace string) ctrl.Options {
 
 // StartManager starts a manager with opts, after setup registers its controllers. It is stopped
 // when the test ends, or earlier by calling the returned function, which waits for it to stop.
-func (e *Env) StartManager(t testing.TB, opts ctrl.Options, setup func(context.Context, ctrl.Manager) error) (stop func()) {
-	t.Helper()
+func (e *Env) StartManager(tb testing.TB, opts ctrl.Options, setup func(context.Context, ctrl.Manager) error) (stop func()) {
+	tb.Helper()
 	mgr, err := ctrl.NewManager(e.Config, opts)
 	if err != nil {
-		t.Fatalf("creating manager: %v", err)
+		tb.Fatalf("creating manager: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := setup(ctx, mgr); err != nil {
 		cancel()
-		t.Fatalf("setting up manager: %v", err)
+		tb.Fatalf("setting up manager: %v", err)
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		if err := mgr.Start(ctx); err != nil {
-			t.Errorf("manager stopped with error: %v", err)
+			tb.Errorf("manager stopped with error: %v", err)
 		}
 	}()
 	synced, syncCancel := context.WithTimeout(ctx, 30*time.Second)
 	defer syncCancel()
 	if !mgr.GetCache().WaitForCacheSync(synced) {
 		cancel()
-		t.Fatalf("manager cache did not sync")
+		tb.Fatalf("manager cache did not sync")
 	}
 	stopped := false
 	stop = func() {
@@ -191,6 +191,6 @@ func (e *Env) StartManager(t testing.TB, opts ctrl.Options, setup func(context.C
 		cancel()
 		<-done
 	}
-	t.Cleanup(stop)
+	tb.Cleanup(stop)
 	return stop
 }

@@ -37,6 +37,7 @@ import (
 	"github.com/docrouter/webhook-operator/dispatcher"
 	"github.com/docrouter/webhook-operator/internal/intake"
 	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 	"github.com/docrouter/webhook-operator/publish"
 )
 
@@ -274,6 +275,7 @@ func createFinishedIn(t *testing.T, ns string, n, conc int) time.Duration {
 
 // measureLimit is (1): the best rate of create + one status patch over a few concurrencies.
 func measureLimit(t *testing.T) (best float64, bestConc int) {
+	t.Helper()
 	for _, conc := range []int{8, 16, 32, 64} {
 		n := 1500
 		took := createFinishedIn(t, newNamespace(t, fmt.Sprintf("limit-%d", conc)), n, conc)
@@ -287,6 +289,7 @@ func measureLimit(t *testing.T) (best float64, bestConc int) {
 }
 
 func createFinished(t *testing.T, n, conc int) {
+	t.Helper()
 	progress("creating %d finished deliveries", n)
 	for n > 0 {
 		batch := min(n, 10000)
@@ -392,7 +395,7 @@ func endpoint(ns, name, url string, timeoutSeconds, maxRetries int32) *webhooksv
 
 // setupNamespace creates a namespace with the signing Secret, healthy endpoints (with their
 // receivers) and, if asked, a silent one.
-func setupNamespace(t *testing.T, prefix string, healthy int, silent, fastFifth bool, statuses ...int) (string, []string, []*testenv.Receiver) {
+func setupNamespace(t *testing.T, prefix string, healthy int, silent, fastFifth bool, statuses ...int) (string, []string, []*testreceiver.Receiver) {
 	t.Helper()
 	ctx := context.Background()
 	ns := newNamespace(t, prefix)
@@ -401,9 +404,9 @@ func setupNamespace(t *testing.T, prefix string, healthy int, silent, fastFifth 
 		t.Fatal(err)
 	}
 	var names []string
-	var rcvs []*testenv.Receiver
+	var rcvs []*testreceiver.Receiver
 	for i := range healthy {
-		r := testenv.NewReceiver(t, signingKey, statuses...)
+		r := testreceiver.New(t, signingKey, statuses...)
 		name := fmt.Sprintf("healthy-%d", i)
 		if err := env.Client.Create(ctx, endpoint(ns, name, r.URL, 10, 3)); err != nil {
 			t.Fatal(err)
@@ -411,7 +414,7 @@ func setupNamespace(t *testing.T, prefix string, healthy int, silent, fastFifth 
 		names, rcvs = append(names, name), append(rcvs, r)
 	}
 	if silent || fastFifth {
-		r := testenv.NewReceiver(t, signingKey)
+		r := testreceiver.New(t, signingKey)
 		if silent {
 			r.OnRequest(func(req *http.Request) { <-req.Context().Done() })
 		}

@@ -33,21 +33,21 @@ type exit struct {
 	output string // the last lines the process wrote
 }
 
-func supervise(t testing.TB, name string, args ...string) *supervisor {
-	t.Helper()
-	s := &supervisor{t: t, name: name, args: append(baseArgs(t), args...), stop: make(chan struct{}), stopped: make(chan struct{})}
+func supervise(tb testing.TB, name string, args ...string) *supervisor {
+	tb.Helper()
+	s := &supervisor{t: tb, name: name, args: append(baseArgs(tb), args...), stop: make(chan struct{}), stopped: make(chan struct{})}
 	op, err := spawn(name+"-0", s.args)
 	if err != nil {
-		t.Fatalf("starting %s: %v", name, err)
+		tb.Fatalf("starting %s: %v", name, err)
 	}
 	s.current = op
 	go s.loop()
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		close(s.stop)
 		<-s.stopped
-		if t.Failed() {
+		if tb.Failed() {
 			op := s.operator()
-			t.Logf("--- output of %s (last 4 KiB) ---\n%s", op.name, tail(op.out.String(), 4096))
+			tb.Logf("--- output of %s (last 4 KiB) ---\n%s", op.name, tail(op.out.String(), 4096))
 		}
 	})
 	return s
@@ -101,11 +101,12 @@ func (s *supervisor) exitsSince(t time.Time) []exit {
 }
 
 // outage is how long the API server is down: 30 s unless FAULT_APISERVER_OUTAGE says otherwise.
-func outage(t testing.TB) time.Duration {
+func outage(tb testing.TB) time.Duration {
+	tb.Helper()
 	if v := os.Getenv("FAULT_APISERVER_OUTAGE"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
-			t.Fatalf("FAULT_APISERVER_OUTAGE: %v", err)
+			tb.Fatalf("FAULT_APISERVER_OUTAGE: %v", err)
 		}
 		return d
 	}

@@ -35,6 +35,7 @@ import (
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
 	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 var (
@@ -125,11 +126,11 @@ func managerFlags(bin string) (map[string]bool, error) {
 }
 
 // freeAddr is a free loopback address for a server of the operator.
-func freeAddr(t testing.TB) string {
-	t.Helper()
+func freeAddr(tb testing.TB) string {
+	tb.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	defer l.Close()
 	return l.Addr().String()
@@ -165,9 +166,10 @@ type operator struct {
 
 // baseArgs are the flags every operator of these tests gets: loopback receivers allowed,
 // no intake, probes on a free loopback port, metrics off unless a test turns them on.
-func baseArgs(t testing.TB) []string {
+func baseArgs(tb testing.TB) []string {
+	tb.Helper()
 	args := []string{"manager",
-		"--health-probe-bind-address", freeAddr(t),
+		"--health-probe-bind-address", freeAddr(tb),
 		"--metrics-bind-address", "0",
 		"--zap-log-level", "debug",
 	}
@@ -182,16 +184,16 @@ func baseArgs(t testing.TB) []string {
 
 // startOperator starts `webhook-operator manager` with the base flags and args; it is killed
 // when the test ends.
-func startOperator(t testing.TB, name string, args ...string) *operator {
-	t.Helper()
-	op, err := spawn(name, append(baseArgs(t), args...))
+func startOperator(tb testing.TB, name string, args ...string) *operator {
+	tb.Helper()
+	op, err := spawn(name, append(baseArgs(tb), args...))
 	if err != nil {
-		t.Fatalf("starting %s: %v", name, err)
+		tb.Fatalf("starting %s: %v", name, err)
 	}
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		op.kill()
-		if t.Failed() {
-			t.Logf("--- output of %s (last 4 KiB) ---\n%s", op.name, tail(op.out.String(), 4096))
+		if tb.Failed() {
+			tb.Logf("--- output of %s (last 4 KiB) ---\n%s", op.name, tail(op.out.String(), 4096))
 		}
 	})
 	return op
@@ -245,11 +247,11 @@ func (op *operator) delivering() bool {
 }
 
 // waitDelivering waits until op delivers, or fails the test.
-func (op *operator) waitDelivering(t testing.TB, timeout time.Duration) {
-	t.Helper()
-	eventually(t, timeout, op.name+" starts its delivery workers", func() bool {
+func (op *operator) waitDelivering(tb testing.TB, timeout time.Duration) {
+	tb.Helper()
+	eventually(tb, timeout, op.name+" starts its delivery workers", func() bool {
 		if op.exited() {
-			t.Fatalf("%s exited: %v\n%s", op.name, op.err, tail(op.out.String(), 4096))
+			tb.Fatalf("%s exited: %v\n%s", op.name, op.err, tail(op.out.String(), 4096))
 		}
 		return op.delivering()
 	})
@@ -263,12 +265,12 @@ func tail(s string, n int) string {
 }
 
 // eventually polls cond every 100 ms until it holds, or fails the test after timeout.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
+func eventually(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
+	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting until %s", timeout, what)
+			tb.Fatalf("timed out after %s waiting until %s", timeout, what)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -277,12 +279,13 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 // holdingReceiver is a signature-verifying receiver that holds every request for hold before
 // answering, and counts the requests it holds right now.
 type holdingReceiver struct {
-	*testenv.Receiver
+	*testreceiver.Receiver
 	held atomic.Int64
 }
 
-func newHoldingReceiver(t testing.TB, key []byte, hold time.Duration) *holdingReceiver {
-	r := &holdingReceiver{Receiver: testenv.NewReceiver(t, key)}
+func newHoldingReceiver(tb testing.TB, key []byte, hold time.Duration) *holdingReceiver {
+	tb.Helper()
+	r := &holdingReceiver{Receiver: testreceiver.New(tb, key)}
 	r.OnRequest(func(*http.Request) {
 		r.held.Add(1)
 		time.Sleep(hold)
@@ -302,7 +305,7 @@ type tally struct {
 
 func (t tally) duplicates() int { return t.requests - len(t.perEvent) }
 
-func tallyOf(reqs []testenv.Request) tally {
+func tallyOf(reqs []testreceiver.Request) tally {
 	tl := tally{requests: len(reqs), perEvent: map[string]int{}, bodies: map[string][]byte{}}
 	for _, r := range reqs {
 		if !r.Verified {
@@ -332,15 +335,15 @@ func (t tally) missing(ids []string) []string {
 }
 
 // endpointFor creates a Secret holding key and a WebhookEndpoint to url signed with it.
-func endpointFor(t testing.TB, ns, name, url string, key []byte, mutate ...func(*webhooksv1alpha1.WebhookEndpoint)) *webhooksv1alpha1.WebhookEndpoint {
-	t.Helper()
+func endpointFor(tb testing.TB, ns, name, url string, key []byte, mutate ...func(*webhooksv1alpha1.WebhookEndpoint)) *webhooksv1alpha1.WebhookEndpoint {
+	tb.Helper()
 	ctx := context.Background()
 	secret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-signing"},
 		Data:       map[string][]byte{"key": key},
 	}
 	if err := env.Client.Create(ctx, secret); err != nil {
-		t.Fatalf("creating the Secret: %v", err)
+		tb.Fatalf("creating the Secret: %v", err)
 	}
 	ep := &webhooksv1alpha1.WebhookEndpoint{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
@@ -359,15 +362,15 @@ func endpointFor(t testing.TB, ns, name, url string, key []byte, mutate ...func(
 		f(ep)
 	}
 	if err := env.Client.Create(ctx, ep); err != nil {
-		t.Fatalf("creating the WebhookEndpoint: %v", err)
+		tb.Fatalf("creating the WebhookEndpoint: %v", err)
 	}
 	return ep
 }
 
 // createDeliveries creates n deliveries of llm.completed events to endpoint and returns their
 // event ids.
-func createDeliveries(t testing.TB, ns, endpoint, prefix string, n int) []string {
-	t.Helper()
+func createDeliveries(tb testing.TB, ns, endpoint, prefix string, n int) []string {
+	tb.Helper()
 	ids := make([]string, 0, n)
 	for i := range n {
 		id := prefix + "-" + strconv.Itoa(i)
@@ -377,7 +380,7 @@ func createDeliveries(t testing.TB, ns, endpoint, prefix string, n int) []string
 			Document:       webhooksv1alpha1.Document{DocumentID: "doc-" + id, DocumentName: "invoice.pdf"},
 		})
 		if err := env.Client.Create(context.Background(), d); err != nil {
-			t.Fatalf("creating delivery %s: %v", id, err)
+			tb.Fatalf("creating delivery %s: %v", id, err)
 		}
 		ids = append(ids, id)
 	}
@@ -385,7 +388,8 @@ func createDeliveries(t testing.TB, ns, endpoint, prefix string, n int) []string
 }
 
 // phases counts the deliveries of ns by phase, read from the API server.
-func phases(t testing.TB, ns string) (map[webhooksv1alpha1.DeliveryPhase]int, error) {
+func phases(tb testing.TB, ns string) (map[webhooksv1alpha1.DeliveryPhase]int, error) {
+	tb.Helper()
 	var list webhooksv1alpha1.WebhookDeliveryList
 	if err := env.Client.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
 		return nil, err
@@ -398,12 +402,12 @@ func phases(t testing.TB, ns string) (map[webhooksv1alpha1.DeliveryPhase]int, er
 }
 
 // waitSucceeded waits until n deliveries of ns are Succeeded.
-func waitSucceeded(t testing.TB, ns string, n int, timeout time.Duration) {
-	t.Helper()
+func waitSucceeded(tb testing.TB, ns string, n int, timeout time.Duration) {
+	tb.Helper()
 	var last map[webhooksv1alpha1.DeliveryPhase]int
 	deadline := time.Now().Add(timeout)
 	for {
-		p, err := phases(t, ns)
+		p, err := phases(tb, ns)
 		if err == nil {
 			last = p
 			if p[webhooksv1alpha1.PhaseSucceeded] >= n {
@@ -411,7 +415,7 @@ func waitSucceeded(t testing.TB, ns string, n int, timeout time.Duration) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after %s, %d of %d deliveries Succeeded (phases: %v)", timeout, last[webhooksv1alpha1.PhaseSucceeded], n, last)
+			tb.Fatalf("after %s, %d of %d deliveries Succeeded (phases: %v)", timeout, last[webhooksv1alpha1.PhaseSucceeded], n, last)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}

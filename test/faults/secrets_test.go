@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,7 +22,7 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
-	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
 // credentials are the secret values of one endpoint, each unique to the test run, so that a hit
@@ -66,20 +64,14 @@ func leakEndpoint(t *testing.T, ns, name, base string, c credentials, mutate ...
 
 // echoReceiver verifies the signature, then answers 500 with a body that echoes the request's
 // Authorization and signature headers, as debugging endpoints and some frameworks' error pages do.
-func echoReceiver(t *testing.T, key []byte, seen func(string)) *httptest.Server {
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		sig := r.Header.Get(dispatcher.HeaderSignature)
-		if err := dispatcher.Verify(key, r.Header.Get(dispatcher.HeaderTimestamp), sig, body, time.Now(), dispatcher.DefaultTolerance); err != nil {
-			http.Error(w, "bad signature", http.StatusUnauthorized)
-			return
-		}
-		seen(sig)
-		w.WriteHeader(http.StatusInternalServerError)
-		fmt.Fprintf(w, "rejected: Authorization=%s signature=%s", r.Header.Get("Authorization"), sig)
-	}))
-	t.Cleanup(s.Close)
-	return s
+func echoReceiver(tb testing.TB, key []byte) *testreceiver.Receiver {
+	tb.Helper()
+	r := testreceiver.New(tb, key)
+	r.Respond(func(req testreceiver.Request) testreceiver.Answer {
+		return testreceiver.Answer{Status: http.StatusInternalServerError,
+			Body: fmt.Sprintf("rejected: Authorization=%s signature=%s", req.Header.Get("Authorization"), req.Header.Get(dispatcher.HeaderSignature))}
+	})
+	return r
 }
 
 // TestNoCredentialsInOutput is issue 6, case 10: with endpoints whose URLs carry tokens, signed
@@ -91,7 +83,7 @@ func TestNoCredentialsInOutput(t *testing.T) {
 	ns := env.Namespace(t)
 	creds := map[string]credentials{}
 	var signatures []string
-	record := func(reqs []testenv.Request) {
+	record := func(reqs []testreceiver.Request) {
 		for _, r := range reqs {
 			signatures = append(signatures, r.Header.Get(dispatcher.HeaderSignature))
 		}
@@ -102,18 +94,10 @@ func TestNoCredentialsInOutput(t *testing.T) {
 	for _, name := range []string{"ok", "slow", "refused", "missing", "echo"} {
 		creds[name] = newCredentials(name)
 	}
-	ok := testenv.NewReceiver(t, []byte(creds["ok"].signingKey))
+	ok := testreceiver.New(t, []byte(creds["ok"].signingKey))
 	slow := newHoldingReceiver(t, []byte(creds["slow"].signingKey), 2500*time.Millisecond)
 	refused := freeAddr(t) // closed again: connections are refused
-	var (
-		echoMu sync.Mutex
-		echoed []string
-	)
-	echo := echoReceiver(t, []byte(creds["echo"].signingKey), func(sig string) {
-		echoMu.Lock()
-		echoed = append(echoed, sig)
-		echoMu.Unlock()
-	})
+	echo := echoReceiver(t, []byte(creds["echo"].signingKey))
 
 	endpoints := map[string]*webhooksv1alpha1.WebhookEndpoint{
 		"ok":      leakEndpoint(t, ns, "ok", ok.URL, creds["ok"]),
@@ -140,9 +124,12 @@ func TestNoCredentialsInOutput(t *testing.T) {
 	time.Sleep(3 * time.Second) // the held requests are recorded; the waiting deliveries look again
 	record(ok.Requests())
 	record(slow.Requests())
-	echoMu.Lock()
-	echoed = append([]string(nil), echoed...)
-	echoMu.Unlock()
+	var echoed []string // the signatures the echo receiver put in its answers
+	for _, r := range echo.Requests() {
+		if r.Verified {
+			echoed = append(echoed, r.Header.Get(dispatcher.HeaderSignature))
+		}
+	}
 	signatures = append(signatures, echoed...)
 	if len(signatures) < 6 {
 		t.Fatalf("the receivers saw %d signed requests, want at least 6", len(signatures))
@@ -250,43 +237,44 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func mustJSON(t testing.TB, v any) string {
+func mustJSON(tb testing.TB, v any) string {
+	tb.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return string(b)
 }
 
 // scrape reads the operator's metrics endpoint (HTTPS with a self-signed certificate, on
 // loopback).
-func scrape(t testing.TB, addr, token string) string {
-	t.Helper()
+func scrape(tb testing.TB, addr, token string) string {
+	tb.Helper()
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // the operator's own self-signed loopback endpoint
 	}}
 	req, err := http.NewRequest(http.MethodGet, "https://"+addr+"/metrics", nil)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := c.Do(req)
 	if err != nil {
-		t.Errorf("scraping the metrics: %v", err)
+		tb.Errorf("scraping the metrics: %v", err)
 		return ""
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		t.Errorf("scraping the metrics: HTTP %d: %s", resp.StatusCode, b)
+		tb.Errorf("scraping the metrics: HTTP %d: %s", resp.StatusCode, b)
 	}
 	return string(b)
 }
 
 // metricsReaderToken is a ServiceAccount token allowed to GET /metrics, as Prometheus has in a
 // cluster: the metrics endpoint authenticates and authorises every scrape.
-func metricsReaderToken(t testing.TB, ns string) string {
-	t.Helper()
+func metricsReaderToken(tb testing.TB, ns string) string {
+	tb.Helper()
 	ctx := context.Background()
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "prometheus"}}
 	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: ns + "-metrics-reader"},
@@ -296,13 +284,13 @@ func metricsReaderToken(t testing.TB, ns string) string {
 		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: ns, Name: sa.Name}}}
 	for _, o := range []client.Object{sa, role, binding} {
 		if err := env.Client.Create(ctx, o); err != nil {
-			t.Fatalf("creating %T: %v", o, err)
+			tb.Fatalf("creating %T: %v", o, err)
 		}
 	}
 	tr, err := kubernetes.NewForConfigOrDie(env.Config).CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa.Name,
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](600)}}, metav1.CreateOptions{})
 	if err != nil {
-		t.Fatalf("requesting a token: %v", err)
+		tb.Fatalf("requesting a token: %v", err)
 	}
 	return tr.Status.Token
 }
