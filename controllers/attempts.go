@@ -21,12 +21,17 @@ import (
 // goroutine for 2 s, not one of the workers that every other delivery needs.
 //
 // While an attempt is in flight, reconciles of its delivery do nothing: the attempt schedules
-// the delivery's next reconcile itself, through the controller's queue, when it is done.
+// the delivery's next reconcile itself, through the controller's queue, when it is done: at its
+// next retry, with the queue's backoff after a failed status write, or at once when a
+// reconcile was turned away meanwhile (a retry annotation). A finished delivery needs none: its
+// reconcile would only find it gone from the cache and read it again from the API server.
 type attemptRunner struct {
 	// queue is the delivery controller's work queue, handed over by source().
 	queue atomic.Pointer[workqueue.TypedRateLimitingInterface[reconcile.Request]]
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// inFlight holds the deliveries with an attempt under way; true: a reconcile was turned
+	// away meanwhile.
 	inFlight map[types.NamespacedName]bool
 	wg       sync.WaitGroup
 	// base is the context of attempts: not cancelled when the manager stops, so that an attempt
@@ -76,11 +81,16 @@ func (a *attemptRunner) waitIdle(timeout time.Duration) bool {
 	}
 }
 
-// busy reports whether an attempt of the delivery is under way.
+// busy reports whether an attempt of the delivery is under way; the attempt then reconciles
+// the delivery again when it is done, for what the caller was turned away with.
 func (a *attemptRunner) busy(key types.NamespacedName) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.inFlight[key]
+	if _, ok := a.inFlight[key]; ok {
+		a.inFlight[key] = true
+		return true
+	}
+	return false
 }
 
 // run makes attempt in a goroutine of its own, with a context that outlives the reconcile.
@@ -88,7 +98,7 @@ func (a *attemptRunner) busy(key types.NamespacedName) bool {
 // failure backoff when failed is true.
 func (a *attemptRunner) run(key types.NamespacedName, attempt func(ctx context.Context) (after time.Duration, failed bool)) {
 	a.mu.Lock()
-	a.inFlight[key] = true
+	a.inFlight[key] = false
 	base := a.base
 	a.mu.Unlock()
 	a.wg.Add(1)
@@ -96,10 +106,13 @@ func (a *attemptRunner) run(key types.NamespacedName, attempt func(ctx context.C
 		defer a.wg.Done()
 		after, failed := attempt(base)
 		a.mu.Lock()
+		missed := a.inFlight[key]
 		delete(a.inFlight, key)
 		a.mu.Unlock()
 		// Only now: a reconcile that ran while the attempt was in flight did nothing.
-		a.enqueue(key, after, failed)
+		if failed || after > 0 || missed {
+			a.enqueue(key, after, failed)
+		}
 	}()
 }
 
