@@ -34,6 +34,12 @@ type attemptRunner struct {
 	// away meanwhile.
 	inFlight map[types.NamespacedName]bool
 	wg       sync.WaitGroup
+	// writes bounds the attempts that write their status at once. Attempts to slow receivers
+	// start in waves and end in waves: hundreds of status writes at once would put the API
+	// server far past the concurrency it serves best (make bench, row 1: its rate falls as
+	// the writers grow), and, in a cluster with API Priority and Fairness, into queues and 429s.
+	// A write waits here for a slot, keeping its in-flight slot meanwhile.
+	writes chan struct{}
 	// base is the context of attempts: not cancelled when the manager stops, so that an attempt
 	// under way is finished and recorded rather than cut off (Start waits for them).
 	base context.Context
@@ -42,8 +48,21 @@ type attemptRunner struct {
 // drainTimeout bounds how long a stopping manager waits for attempts under way.
 const drainTimeout = 25 * time.Second
 
-func newAttemptRunner() *attemptRunner {
-	return &attemptRunner{inFlight: map[types.NamespacedName]bool{}, base: context.Background()}
+// newAttemptRunner runs attempts that write their status at most writers at once.
+func newAttemptRunner(writers int) *attemptRunner {
+	return &attemptRunner{inFlight: map[types.NamespacedName]bool{}, base: context.Background(),
+		writes: make(chan struct{}, max(writers, 1))}
+}
+
+// write runs an attempt's status write when a write slot is free.
+func (a *attemptRunner) write(ctx context.Context, f func(context.Context) error) error {
+	select {
+	case a.writes <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-a.writes }()
+	return f(ctx)
 }
 
 // source hands the controller's queue to the runner; it enqueues nothing by itself.

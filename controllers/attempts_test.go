@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,7 +18,7 @@ import (
 func TestAttemptRunnerReconcilesAgainOnlyWhenNeeded(t *testing.T) {
 	q := workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](time.Millisecond, time.Millisecond))
 	defer q.ShutDown()
-	a := newAttemptRunner()
+	a := newAttemptRunner(1)
 	if err := a.source().Start(context.Background(), q); err != nil {
 		t.Fatal(err)
 	}
@@ -69,4 +70,47 @@ func TestAttemptRunnerReconcilesAgainOnlyWhenNeeded(t *testing.T) {
 	if a.busy(key("finished")) {
 		t.Fatal("busy after the attempt ended")
 	}
+}
+
+// However many attempts end at once (slow receivers answer in waves), at most writers of them
+// write their status at the same time.
+func TestAttemptRunnerBoundsConcurrentStatusWrites(t *testing.T) {
+	a := newAttemptRunner(3)
+	var mu sync.Mutex
+	now, peak := 0, 0
+	var wg sync.WaitGroup
+	for range 12 {
+		wg.Go(func() {
+			err := a.write(context.Background(), func(context.Context) error {
+				mu.Lock()
+				now++
+				peak = max(peak, now)
+				mu.Unlock()
+				time.Sleep(20 * time.Millisecond)
+				mu.Lock()
+				now--
+				mu.Unlock()
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if peak != 3 {
+		t.Fatalf("%d status writes at once, want at most (and here exactly) 3", peak)
+	}
+	// A write that cannot get a slot before its context ends gives up.
+	ctx, cancel := context.WithCancel(context.Background())
+	block := make(chan struct{})
+	for range 3 {
+		go func() { _ = a.write(context.Background(), func(context.Context) error { <-block; return nil }) }()
+	}
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	if err := a.write(ctx, func(context.Context) error { return nil }); err == nil {
+		t.Fatal("a write without a slot and with its context done ran anyway")
+	}
+	close(block)
 }

@@ -22,8 +22,10 @@ import (
 
 // Options are the operator's tunables; main.go exposes each as a flag.
 type Options struct {
-	// Workers is how many deliveries are reconciled at once. Attempts do not hold a worker
-	// while they wait for the receiver (attempts.go): MaxInFlight bounds those.
+	// Workers is how many deliveries are reconciled at once, and how many attempts write their
+	// status at once. Attempts do not hold a worker while they wait for the receiver
+	// (attempts.go): MaxInFlight bounds those; their status writes, which end in waves when the
+	// receivers are slow, are bounded like the workers' so that the API server is not flooded.
 	Workers int
 	// MaxInFlight bounds the attempts in flight in all, so that memory stays bounded.
 	MaxInFlight int
@@ -79,7 +81,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, sender *dispatcher.Sender, opt
 	recorder := mgr.GetEventRecorder("webhook-operator")
 
 	rates := newRateLimiter(health.touch)
-	attempts := newAttemptRunner()
+	attempts := newAttemptRunner(opts.Workers)
 	deliveries := &WebhookDeliveryReconciler{
 		Client: mgr.GetClient(), Sender: sender, Recorder: recorder, Clock: clk, Jitter: rand.Float64, Options: opts,
 		secrets: secrets, health: health, attempts: attempts, limiter: newInflightLimiter(opts.MaxInFlight, attempts.wake),

@@ -239,7 +239,7 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, base, d *webhoo
 		log.Info("delivery failed", "attempt", n, "reason", outcome.Reason)
 	}
 
-	if err := patchStatus(ctx, r.Client, base, d); err != nil {
+	if err := r.attempts.write(ctx, func(ctx context.Context) error { return patchStatus(ctx, r.Client, base, d) }); err != nil {
 		log.Error(err, "writing the attempt to status failed; it is written again before anything else is done with the delivery")
 		r.expectations.holdUnwritten(key, d.UID, d.Status.DeepCopy())
 		return 0, true
