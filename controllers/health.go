@@ -138,14 +138,11 @@ func (h *endpointHealth) forget(key types.NamespacedName) {
 	h.mu.Unlock()
 }
 
-// touch asks for the endpoint's reconcile unless one is coming already: something besides an
-// attempt changed what its status shows (it started to be throttled).
+// touch asks for the endpoint's reconcile now, even when one is scheduled (a write held back
+// until the end of the interval): something besides an attempt changed what its status shows,
+// and the change is a transition that is written at once (it started to be throttled).
 func (h *endpointHealth) touch(key types.NamespacedName) {
 	h.mu.Lock()
-	if h.woken[key] {
-		h.mu.Unlock()
-		return
-	}
 	h.woken[key] = true
 	h.mu.Unlock()
 	obj := &webhooksv1alpha1.WebhookEndpoint{}

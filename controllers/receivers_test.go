@@ -135,6 +135,44 @@ func TestRateLimitSpreadsDeliveriesWithoutSpendingRetries(t *testing.T) {
 	}).WithTimeout(15 * time.Second).Should(Succeed())
 }
 
+// Throttling starting and ending are written at once, not held back by the health interval
+// (10 s here): the status says "throttled" while deliveries wait and stops saying it once the
+// last one is sent, even though the endpoint's health was written just before.
+func TestThrottlingIsShownWhenItStartsAndEnds(t *testing.T) {
+	g := NewWithT(t)
+	ns := env.Namespace(t)
+	signingSecret(t, ns)
+	rcv := testreceiver.New(t, testKey, http.StatusOK)
+	opts := testOptions()
+	opts.HealthUpdateInterval = 10 * time.Second
+	startOperator(t, ns, opts)
+	create(t, newEndpoint(ns, "crm", rcv.URL, func(ep *webhooksv1alpha1.WebhookEndpoint) {
+		ep.Spec.RateLimit = &webhooksv1alpha1.RateLimit{Requests: 5, PeriodSeconds: ptr.To[int32](1)}
+	}))
+	first := webhooksv1alpha1.NewDelivery(ns, "crm", newEvent("evt-first"))
+	create(t, first)
+	g.Eventually(func(g Gomega) {
+		g.Expect(getEndpoint(g, ns, "crm").Status.LastSuccessTime).NotTo(BeNil())
+	}).WithTimeout(10 * time.Second).Should(Succeed())
+
+	// Health was just written: a plain health update would wait 10 s.
+	createDeliveries(t, ns, "crm", 20)
+	created := time.Now()
+	g.Eventually(func(g Gomega) {
+		g.Expect(getEndpoint(g, ns, "crm").Status.ThrottledDeliveries).To(BeNumerically(">", 0))
+	}).WithTimeout(5*time.Second).WithPolling(100*time.Millisecond).Should(Succeed(), "throttling shown at once")
+	t.Logf("throttling shown %s after the deliveries were created", time.Since(created).Round(10*time.Millisecond))
+
+	g.Eventually(rcv.Count).WithTimeout(20 * time.Second).Should(Equal(21))
+	sent := time.Now()
+	g.Eventually(func(g Gomega) {
+		ep := getEndpoint(g, ns, "crm")
+		g.Expect(ep.Status.ThrottledDeliveries).To(BeZero())
+		g.Expect(condition(ep.Status.Conditions, "Throttled").Status).To(Equal(metav1.ConditionFalse))
+	}).WithTimeout(5*time.Second).WithPolling(100*time.Millisecond).Should(Succeed(), "the end of throttling shown at once")
+	t.Logf("the end shown %s after the last request", time.Since(sent).Round(10*time.Millisecond))
+}
+
 // Under a rate limit, Retry-After is honoured as without one: the retry waits for what the
 // receiver asked when that is longer than the rate's spacing (no turn is added on top of it),
 // and for its turn when the turn is later. The 429 is the one failed attempt either way.

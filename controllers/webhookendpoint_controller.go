@@ -50,6 +50,9 @@ type WebhookEndpointReconciler struct {
 
 	mu              sync.Mutex
 	lastHealthWrite map[types.NamespacedName]time.Time
+	// throttleWritten is the throttling last written to each endpoint's status, until the cache
+	// shows it (see copyHealth).
+	throttleWritten map[types.NamespacedName]writtenThrottle
 	// retriedTokens remembers the retry-failed token handled per endpoint until the cache shows
 	// it in status, so that a reconcile racing the status write does not handle it twice.
 	retriedTokens map[types.UID]string
@@ -68,6 +71,9 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		if apierrors.IsNotFound(err) {
 			r.health.forget(req.NamespacedName)
 			r.rates.forgetEndpoint(req.NamespacedName)
+			r.mu.Lock()
+			delete(r.throttleWritten, req.NamespacedName)
+			r.mu.Unlock()
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -129,7 +135,7 @@ func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv
 	if _, err := r.filters.For(ep); err != nil {
 		// The intake creates no delivery for this endpoint while it lasts (internal/intake).
 		ready.Reason = webhooksv1alpha1.ReasonInvalidFilter
-		ready.Message = err.Error() + "; no event is delivered to this endpoint until spec.filter is fixed or removed"
+		ready.Message = "no event is delivered to this endpoint until spec.filter is fixed or removed. " + err.Error()
 		return ready, false, nil
 	}
 	if _, err := r.secrets.resolve(ctx, ep); err != nil {
@@ -296,9 +302,15 @@ func (r *WebhookEndpointReconciler) retryFailed(ctx context.Context, ep *webhook
 func (r *WebhookEndpointReconciler) copyHealth(ep *webhooksv1alpha1.WebhookEndpoint) (requeue time.Duration, gone bool) {
 	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
 	now := r.Clock.Now()
+	s := &ep.Status
+	if r.cacheBehindThrottle(key, ep, now) {
+		// Deciding from a status older than our last write could leave it wrong for good: a
+		// return to 0 waiting would look like no change, and the merge patch from the cached
+		// object would write nothing. The cache catches up within moments.
+		return throttleCacheWait, false
+	}
 	h, ok := r.health.take(key)
 	t := r.throttleOf(ep, now)
-	s := &ep.Status
 	healthSame := !ok || (h.ConsecutiveFailures == s.ConsecutiveFailures && h.LastSuccessTime.Equal(s.LastSuccessTime) &&
 		h.LastFailureTime.Equal(s.LastFailureTime) && h.FailingSince.Equal(s.FailingSince))
 	if healthSame && t.same(s) {
@@ -311,7 +323,9 @@ func (r *WebhookEndpointReconciler) copyHealth(ep *webhooksv1alpha1.WebhookEndpo
 	if last, found := r.lastHealthWrite[key]; found && !transition {
 		if wait := last.Add(r.Options.HealthUpdateInterval).Sub(now); wait > 0 && (!ok || !h.Gone) {
 			r.health.hold(key)
-			return wait, false
+			// The end of the current throttling may come before the held write: look then too
+			// (this reconcile may have taken the place of a requeue that was due for it).
+			return minPositive(wait, t.lookAgain(now, r.Options.HealthUpdateInterval)), false
 		}
 	}
 	r.lastHealthWrite[key] = now
@@ -320,7 +334,41 @@ func (r *WebhookEndpointReconciler) copyHealth(ep *webhooksv1alpha1.WebhookEndpo
 		s.FailingSince = h.FailingSince
 	}
 	s.ThrottledDeliveries, s.ThrottledUntil = t.waiting, t.until
+	if r.throttleWritten == nil {
+		r.throttleWritten = map[types.NamespacedName]writtenThrottle{}
+	}
+	r.throttleWritten[key] = writtenThrottle{uid: ep.UID, at: now, t: t}
 	return t.lookAgain(now, r.Options.HealthUpdateInterval), ok && h.Gone
+}
+
+// writtenThrottle is the throttling written to an endpoint's status, and when.
+type writtenThrottle struct {
+	uid types.UID
+	at  time.Time
+	t   throttleStatus
+}
+
+// throttleCacheWait is how soon to look again when the cache has not yet seen the last write;
+// throttleCacheGiveUp is how long to wait for it at most (the write may have failed).
+const (
+	throttleCacheWait   = 250 * time.Millisecond
+	throttleCacheGiveUp = 5 * time.Second
+)
+
+// cacheBehindThrottle reports whether the cached endpoint does not yet show the throttling
+// last written to it, less than throttleCacheGiveUp ago.
+func (r *WebhookEndpointReconciler) cacheBehindThrottle(key types.NamespacedName, ep *webhooksv1alpha1.WebhookEndpoint, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, ok := r.throttleWritten[key]
+	switch {
+	case !ok:
+		return false
+	case w.uid != ep.UID || w.t.same(&ep.Status) || now.Sub(w.at) > throttleCacheGiveUp:
+		delete(r.throttleWritten, key)
+		return false
+	}
+	return true
 }
 
 // throttleOf is what status shows of the endpoint's throttling at now.
