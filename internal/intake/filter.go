@@ -20,7 +20,7 @@ func (h *Handler) skippedBy(ep *webhooksv1alpha1.WebhookEndpoint, in *filter.Inp
 	if err != nil {
 		metrics.DeliveriesFiltered.WithLabelValues(ep.Namespace, metrics.FilterInvalid).Inc()
 		return &publish.Skipped{Endpoint: ep.Name, Reason: publish.SkippedInvalidFilter,
-			Message: err.Error() + "; fix the endpoint's spec.filter, then publish the same event_id again to deliver it"}
+			Message: "the endpoint's spec.filter does not compile: fix it, then publish the same event_id again to deliver the event. " + err.Error()}
 	}
 	ok, err := program.Matches(in)
 	switch {
