@@ -10,9 +10,13 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/discovery"
@@ -28,6 +32,8 @@ import (
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/controllers"
 	"github.com/docrouter/webhook-operator/dispatcher"
+	"github.com/docrouter/webhook-operator/internal/history"
+	"github.com/docrouter/webhook-operator/internal/historyapi"
 	"github.com/docrouter/webhook-operator/internal/intake"
 )
 
@@ -88,9 +94,17 @@ func runManager(args []string) error {
 	fs.DurationVar(&opts.WaitRetryInterval, "wait-retry-interval", opts.WaitRetryInterval, "How often a delivery waiting for a missing endpoint or Secret looks again.")
 	fs.DurationVar(&opts.HealthUpdateInterval, "health-update-interval", opts.HealthUpdateInterval, "Least time between two writes of an endpoint's delivery health to its status.")
 	fs.DurationVar(&opts.AutoDisableAfter, "auto-disable-after", opts.AutoDisableAfter, "Disable an endpoint whose attempts have all failed for this long; its deliveries are parked until it is re-enabled with the webhooks.docrouter.ai/enable annotation. 0 turns the policy off.")
-	fs.DurationVar(&opts.SucceededRetention, "succeeded-retention", opts.SucceededRetention, "How long a Succeeded delivery is kept before it is deleted; 0 keeps it.")
-	fs.DurationVar(&opts.RetentionSweepInterval, "retention-sweep-interval", opts.RetentionSweepInterval, "How often finished deliveries past their retention are looked for and deleted.")
-	fs.DurationVar(&opts.FailedRetention, "failed-retention", opts.FailedRetention, "How long a Failed delivery is kept before it is deleted; 0 keeps it.")
+	fs.DurationVar(&opts.SucceededRetention, "succeeded-retention", opts.SucceededRetention, "How long a Succeeded delivery stays in etcd once it is archived (for kubectl get, wait and a retry annotation); 0: until --max-finished-deliveries pushes it out.")
+	fs.DurationVar(&opts.FailedRetention, "failed-retention", opts.FailedRetention, "How long a Failed delivery stays in etcd once it is archived; 0: until --max-finished-deliveries pushes it out.")
+	fs.IntVar(&opts.MaxFinishedDeliveries, "max-finished-deliveries", opts.MaxFinishedDeliveries, "Finished deliveries in etcd at most: above it the oldest leave first (once archived), whatever their time. 0: no bound.")
+	fs.DurationVar(&opts.RetentionSweepInterval, "retention-sweep-interval", opts.RetentionSweepInterval, "How often finished deliveries are looked at for leaving etcd.")
+	fs.IntVar(&opts.MaxLiveDeliveriesPerEndpoint, "max-live-deliveries-per-endpoint", opts.MaxLiveDeliveriesPerEndpoint, "Unfinished deliveries of one endpoint in etcd at most; its further events wait in the history store's backlog, in publish order. 0: no bound.")
+	fs.IntVar(&opts.MaxLiveDeliveries, "max-live-deliveries", opts.MaxLiveDeliveries, "Unfinished deliveries of all endpoints in etcd at most; further events wait in the history store's backlog. 0: no bound.")
+	fs.DurationVar(&opts.HistoryRetention, "history-retention", opts.HistoryRetention, "How long a delivery's record stays in the history store after it left etcd; older records are deleted in batches. 0 keeps them.")
+	historyDSN := defaultHistoryDatabase
+	var historyDSNFile string
+	fs.StringVar(&historyDSN, "history-database", historyDSN, "The history store: sqlite:///path/to/history.db (embedded, one replica) or a postgres:// URL (several replicas); empty keeps no history (finished deliveries leave etcd without a record, events beyond the working set are refused). $"+historyDatabaseEnv+" (filled from a Secret) overrides it.")
+	fs.StringVar(&historyDSNFile, "history-database-file", "", "Read the history store's URL from this file (a mounted Secret), instead of --history-database.")
 	var allowCIDRs, denyCIDRs string
 	fs.StringVar(&allowCIDRs, "outbound-allow-cidrs", "", "Comma-separated CIDRs that webhooks may be sent to although the outbound address policy denies them by default (loopback, link-local, CGNAT...), such as 127.0.0.0/8,::1/128 for a local dev stack. See docs/security.md.")
 	fs.StringVar(&denyCIDRs, "outbound-deny-cidrs", "", "Comma-separated CIDRs that webhooks are never sent to, such as 10.0.0.0/8; wins over --outbound-allow-cidrs.")
@@ -104,6 +118,8 @@ func runManager(args []string) error {
 		intakeOpts.Audiences = append(intakeOpts.Audiences, v)
 		return nil
 	})
+	historyAPI := historyapi.DefaultOptions()
+	historyAPI.AddFlags(fs)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -111,6 +127,11 @@ func runManager(args []string) error {
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	policy, err := outboundPolicy(allowCIDRs, denyCIDRs)
+	if err != nil {
+		return err
+	}
+
+	dsn, err := historyDatabase(historyDSN, historyDSNFile)
 	if err != nil {
 		return err
 	}
@@ -136,23 +157,47 @@ func runManager(args []string) error {
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "webhook-operator.webhooks.docrouter.ai",
 		LeaderElectionNamespace: leaseNamespace,
-		LeaseDuration:           &leaseDuration,
-		RenewDeadline:           &renewDeadline,
-		RetryPeriod:             &retryPeriod,
-		Cache:                   controllers.CacheOptions(cache.Options{}), // finished deliveries stripped in the cache
+		// The leader gives the Lease up when it stops (after its controllers have stopped), so
+		// that a deleted or rolled pod hands over within a retry period instead of the whole
+		// Lease duration. Safe because the process exits as soon as the manager returns.
+		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &leaseDuration,
+		RenewDeadline:                 &renewDeadline,
+		RetryPeriod:                   &retryPeriod,
+		Cache:                         controllers.CacheOptions(cache.Options{}), // finished deliveries stripped in the cache
 	})
 	if err != nil {
 		return err
 	}
-	if err := controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{DialContext: dispatcher.NewPolicyDialer(policy).DialContext}), opts, nil); err != nil {
+	var store history.Store
+	if dsn != "" {
+		if store, err = history.Open(ctx, dsn, history.Options{}); err != nil {
+			return fmt.Errorf("--history-database %s: %w", history.RedactDSN(dsn), err)
+		}
+		defer func() { _ = store.Close() }() // on the way out: nothing is left to write
+		ctrl.Log.Info("history store opened", "database", history.RedactDSN(dsn), "engine", store.Engine())
+	} else {
+		ctrl.Log.Info("no history store (--history-database is empty): finished deliveries leave etcd without a record, and events beyond the working set are refused")
+	}
+	op, err := controllers.Setup(ctx, mgr, opts, controllers.Deps{
+		Sender: dispatcher.NewSender(dispatcher.SenderOptions{DialContext: dispatcher.NewPolicyDialer(policy).DialContext}),
+		Store:  store,
+		Pod:    ownPod(),
+	})
+	if err != nil {
 		return err
 	}
 	if intakeSrv.Addr != "0" {
+		intakeOpts.WorkingSet, intakeOpts.Store = op.WorkingSet, store
 		intakeSrv.Handler = intake.NewHandler(mgr.GetClient(), mgr.GetCache(), intakeOpts)
 		intakeSrv.Log = ctrl.Log.WithName("intake")
 		if err := mgr.Add(&intakeSrv); err != nil {
 			return err
 		}
+	}
+	// The history API (kubectl get webhookdeliveryrecords), on every replica.
+	if err := historyapi.AddToManager(mgr, historyAPI, store); err != nil {
+		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
@@ -162,6 +207,39 @@ func runManager(args []string) error {
 	}
 	ctrl.Log.Info("starting the webhook operator", "workers", opts.Workers, "maxInFlight", opts.MaxInFlight, "maxInFlightPerEndpoint", opts.MaxInFlightPerEndpoint)
 	return mgr.Start(ctx)
+}
+
+// The history store's defaults: SQLite on the volume of config/default.
+const (
+	defaultHistoryDatabase = "sqlite:///var/lib/webhook-operator/history.db"
+	historyDatabaseEnv     = "WEBHOOK_OPERATOR_HISTORY_DATABASE"
+)
+
+// historyDatabase is the history store's URL: from --history-database-file when given, else
+// from $WEBHOOK_OPERATOR_HISTORY_DATABASE when set, else the flag. A URL with a password belongs
+// in a Secret, mounted as a file or put into the environment; it is never logged.
+func historyDatabase(flagValue, file string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("--history-database-file: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	if v, ok := os.LookupEnv(historyDatabaseEnv); ok {
+		return strings.TrimSpace(v), nil
+	}
+	return flagValue, nil
+}
+
+// ownPod is the operator's Pod, from the downward API's POD_NAME and POD_NAMESPACE, for Events
+// about the history store; nil outside a cluster.
+func ownPod() *corev1.Pod {
+	name, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
+	if name == "" || ns == "" {
+		return nil
+	}
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, UID: types.UID(os.Getenv("POD_UID"))}}
 }
 
 // metricsOptions serves the metrics over HTTPS, as kubebuilder projects do: each scrape is

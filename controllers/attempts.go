@@ -43,14 +43,18 @@ type attemptRunner struct {
 	// base is the context of attempts: not cancelled when the manager stops, so that an attempt
 	// under way is finished and recorded rather than cut off (Start waits for them).
 	base context.Context
+
+	finished *finishedIndex
 }
 
 // drainTimeout bounds how long a stopping manager waits for attempts under way.
 const drainTimeout = 25 * time.Second
 
-// newAttemptRunner runs attempts that write their status at most writers at once.
-func newAttemptRunner(writers int) *attemptRunner {
-	return &attemptRunner{inFlight: map[types.NamespacedName]bool{}, base: context.Background(),
+// newAttemptRunner makes a runner whose attempts write their status at most writers at once;
+// finished, when set, hands it the finished deliveries that carry a retry annotation once the
+// controller runs.
+func newAttemptRunner(writers int, finished *finishedIndex) *attemptRunner {
+	return &attemptRunner{inFlight: map[types.NamespacedName]bool{}, base: context.Background(), finished: finished,
 		writes: make(chan struct{}, max(writers, 1))}
 }
 
@@ -65,10 +69,14 @@ func (a *attemptRunner) write(ctx context.Context, f func(context.Context) error
 	return f(ctx)
 }
 
-// source hands the controller's queue to the runner; it enqueues nothing by itself.
+// source hands the controller's queue to the runner, and subscribes it to the manual retries
+// of finished deliveries, which the cache does not bring (cache.go).
 func (a *attemptRunner) source() source.Source {
 	return source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 		a.queue.Store(&q)
+		if a.finished != nil {
+			a.finished.subscribeRetries(a.wake)
+		}
 		return nil
 	})
 }

@@ -18,7 +18,7 @@ import (
 func TestAttemptRunnerReconcilesAgainOnlyWhenNeeded(t *testing.T) {
 	q := workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](time.Millisecond, time.Millisecond))
 	defer q.ShutDown()
-	a := newAttemptRunner(1)
+	a := newAttemptRunner(1, nil)
 	if err := a.source().Start(context.Background(), q); err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func TestAttemptRunnerReconcilesAgainOnlyWhenNeeded(t *testing.T) {
 // However many attempts end at once (slow receivers answer in waves), at most writers of them
 // write their status at the same time.
 func TestAttemptRunnerBoundsConcurrentStatusWrites(t *testing.T) {
-	a := newAttemptRunner(3)
+	a := newAttemptRunner(3, nil)
 	var mu sync.Mutex
 	now, peak := 0, 0
 	var wg sync.WaitGroup

@@ -59,7 +59,8 @@ func TestManualRetryOfFailedDeliveryOutsideTheCache(t *testing.T) {
 		cached = mgr.GetCache()
 		o := DefaultOptions()
 		o.Namespaces = []string{ns}
-		return Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), o, nil)
+		_, err := Setup(ctx, mgr, o, Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{})})
+		return err
 	})
 
 	g.Expect(env.Client.Create(ctx, &webhooksv1alpha1.WebhookEndpoint{

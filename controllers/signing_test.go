@@ -35,7 +35,8 @@ func (c *shiftedClock) advance(d time.Duration)         { c.offset.Add(int64(d))
 func startOperatorWithClock(t *testing.T, ns string, clk *shiftedClock) {
 	t.Helper()
 	env.StartManager(t, env.ManagerOptions(ns), func(ctx context.Context, mgr ctrl.Manager) error {
-		return Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), testOptions(), clk)
+		_, err := Setup(ctx, mgr, testOptions(), Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{}), Clock: clk})
+		return err
 	})
 }
 

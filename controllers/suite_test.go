@@ -19,12 +19,13 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
+	"github.com/docrouter/webhook-operator/internal/history/historytest"
 	"github.com/docrouter/webhook-operator/internal/testenv"
 )
 
 var env *testenv.Env
 
-func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env)) }
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env, historytest.Main)) }
 
 // testOptions are the operator's options with intervals short enough for tests.
 func testOptions() Options {
@@ -42,7 +43,8 @@ func startOperator(t *testing.T, ns string, opts Options) (stop func()) {
 	mgrOpts := env.ManagerOptions(ns)
 	mgrOpts.Cache = CacheOptions(mgrOpts.Cache) // as main.go: finished deliveries stripped in the cache
 	return env.StartManager(t, mgrOpts, func(ctx context.Context, mgr ctrl.Manager) error {
-		return Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), opts, nil)
+		_, err := Setup(ctx, mgr, opts, Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{})})
+		return err
 	})
 }
 

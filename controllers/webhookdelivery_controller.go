@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -19,7 +20,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
@@ -47,8 +47,9 @@ type WebhookDeliveryReconciler struct {
 	expectations *attemptExpectations
 	// apiReader reads finished deliveries, which the cache does not hold (cache.go).
 	apiReader client.Reader
-	// finishedRetries brings finished deliveries that carry a retry annotation (retrywatch.go).
-	finishedRetries chan event.TypedGenericEvent[*webhooksv1alpha1.WebhookDelivery]
+	// archive copies deliveries into the history store after each status write; nil without a
+	// store.
+	archive *archiver
 }
 
 // +kubebuilder:rbac:groups=webhooks.docrouter.ai,resources=webhookdeliveries,verbs=get;list;watch;delete
@@ -76,6 +77,7 @@ func (r *WebhookDeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		if err := patchStatus(ctx, r.Client, base, d); err != nil {
 			return ctrl.Result{}, err
 		}
+		r.archive.note(d)
 		r.expectations.expect(key, d.UID, held.Attempts)
 		return ctrl.Result{RequeueAfter: time.Second}, nil
 	}
@@ -101,7 +103,11 @@ func (r *WebhookDeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	ep, creds, err := r.endpointFor(ctx, d)
 	if wait := (*waitError)(nil); errors.As(err, &wait) {
 		setWaiting(d, wait)
-		return ctrl.Result{RequeueAfter: wait.RequeueAfter}, patchStatus(ctx, r.Client, base, d)
+		if err := patchStatus(ctx, r.Client, base, d); err != nil {
+			return ctrl.Result{}, err
+		}
+		r.archive.note(d)
+		return ctrl.Result{RequeueAfter: wait.RequeueAfter}, nil
 	}
 	if err != nil {
 		return ctrl.Result{}, err
@@ -205,6 +211,11 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, base, d *webhoo
 		d.Status.LastRetryToken = token
 	}
 	n := d.Status.Attempts + 1
+	if restored := restoredAttempts(d); restored > 0 && d.Status.Attempts == 0 {
+		// Re-created from its history record: its earlier attempts continue the numbering, and
+		// it is as finished as it was when it left etcd.
+		n, previous = restored+1, webhooksv1alpha1.PhaseFailed
+	}
 
 	var outcome attemptOutcome
 	req, err := requestFor(d, ep, creds, n)
@@ -245,10 +256,21 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, base, d *webhoo
 		return 0, true
 	}
 	r.expectations.expect(key, d.UID, d.Status.Attempts)
+	r.archive.note(d)
 	if outcome.Phase == webhooksv1alpha1.PhaseRetrying {
 		return max(outcome.NextAttempt.Sub(r.Clock.Now()), time.Millisecond), false
 	}
 	return 0, false
+}
+
+// restoredAttempts is the number of attempts of the history record a delivery was re-created
+// from (its RestoredAttemptsAnnotation), 0 for any other delivery.
+func restoredAttempts(d *webhooksv1alpha1.WebhookDelivery) int32 {
+	n, err := strconv.ParseInt(d.Annotations[webhooksv1alpha1.RestoredAttemptsAnnotation], 10, 32)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return int32(n)
 }
 
 // recordHealth adds an attempt's result to its endpoint's health, and records an Event on the
@@ -334,7 +356,6 @@ func (r *WebhookDeliveryReconciler) SetupWithManager(ctx context.Context, mgr ct
 			}),
 			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, enabledChanged))).
 		WatchesRawSource(r.attempts.source()).
-		WatchesRawSource(source.Channel(r.finishedRetries, &handler.TypedEnqueueRequestForObject[*webhooksv1alpha1.WebhookDelivery]{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.Workers, RateLimiter: failureRateLimiter()}).
 		Complete(r)
 }

@@ -47,9 +47,12 @@ type WebhookEndpointReconciler struct {
 	filters *filter.Cache
 	// apiReader lists Failed deliveries, which the cache does not hold.
 	apiReader client.Reader
+	// workingSet counts the endpoint's events in the history store's backlog.
+	workingSet *WorkingSet
 
-	mu              sync.Mutex
-	lastHealthWrite map[types.NamespacedName]time.Time
+	mu               sync.Mutex
+	lastHealthWrite  map[types.NamespacedName]time.Time
+	lastBacklogWrite map[types.NamespacedName]time.Time
 	// throttleWritten is the throttling last written to each endpoint's status, until the cache
 	// shows it (see copyHealth).
 	throttleWritten map[types.NamespacedName]writtenThrottle
@@ -101,6 +104,7 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	r.enable(ep)
 	requeue, gone := r.copyHealth(ep)
+	requeue = minPositive(requeue, r.copyBacklog(ep))
 	requeue = minPositive(requeue, r.autoDisable(ep, gone))
 	setThrottled(ep)
 
@@ -382,6 +386,34 @@ func (r *WebhookEndpointReconciler) throttleOf(ep *webhooksv1alpha1.WebhookEndpo
 	}
 	// Status times have whole seconds: rounded up, the time stays "not before".
 	return throttleStatus{waiting: n, until: &metav1.Time{Time: until.Add(time.Second - 1).Truncate(time.Second)}}
+}
+
+// copyBacklog copies the number of the endpoint's events in the store's backlog into status:
+// at once when a backlog starts or ends, else at most once per HealthUpdateInterval. It returns
+// when to look again if a write was held back.
+func (r *WebhookEndpointReconciler) copyBacklog(ep *webhooksv1alpha1.WebhookEndpoint) time.Duration {
+	if r.workingSet == nil {
+		return 0
+	}
+	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
+	n := r.workingSet.Backlog(key)
+	if n == ep.Status.Backlog {
+		return 0
+	}
+	now := r.Clock.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if last, ok := r.lastBacklogWrite[key]; ok && (n == 0) == (ep.Status.Backlog == 0) {
+		if wait := last.Add(r.Options.HealthUpdateInterval).Sub(now); wait > 0 {
+			return wait
+		}
+	}
+	if r.lastBacklogWrite == nil {
+		r.lastBacklogWrite = map[types.NamespacedName]time.Time{}
+	}
+	r.lastBacklogWrite[key] = now
+	ep.Status.Backlog = n
+	return 0
 }
 
 // announce records an Event when the endpoint's readiness changed.

@@ -90,6 +90,10 @@ type Delivery struct {
 	Endpoint string `json:"endpoint"`
 	// Created is false when the delivery already existed: the event id was published before.
 	Created bool `json:"created"`
+	// Queued is true when the delivery waits in the operator's backlog (its history store)
+	// because the endpoint's deliveries in etcd are at their limit: it is accepted, kept
+	// durably, and becomes a WebhookDelivery, in publish order, when there is room.
+	Queued bool `json:"queued,omitempty"`
 }
 
 // ErrorBody is the intake's answer to a request it refuses or cannot complete.

@@ -17,6 +17,12 @@ const (
 	//   kubectl annotate webhookendpoint NAME webhooks.docrouter.ai/enable=$(date +%s) --overwrite
 	EnableAnnotation = "webhooks.docrouter.ai/enable"
 
+	// RestoredAttemptsAnnotation on a WebhookDelivery re-created from its history record (a
+	// manual retry of a delivery that had left etcd) holds the number of attempts the record
+	// has: the new attempts continue its numbering, and the delivery counts as finished, so a
+	// failed manual attempt leaves it Failed rather than scheduling automatic retries.
+	RestoredAttemptsAnnotation = "webhooks.docrouter.ai/restored-attempts"
+
 	// TestAnnotation on a WebhookEndpoint creates one webhook.test delivery for it, once per value.
 	TestAnnotation = "webhooks.docrouter.ai/test"
 

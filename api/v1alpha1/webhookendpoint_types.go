@@ -320,6 +320,13 @@ type WebhookEndpointStatus struct {
 	// events, the endpoint is no longer throttled after it.
 	// +optional
 	ThrottledUntil *metav1.Time `json:"throttledUntil,omitempty"`
+	// backlog counts this endpoint's events that wait in the history store's backlog: accepted,
+	// kept durably in publish order, and not yet WebhookDeliveries because the endpoint's
+	// unfinished deliveries in etcd reached the operator's --max-live-deliveries-per-endpoint
+	// (or all endpoints' reached --max-live-deliveries). They become WebhookDeliveries, oldest
+	// first, as room frees. Updated at most every --health-update-interval.
+	// +optional
+	Backlog int64 `json:"backlog,omitempty"`
 
 	// lastRetryFailedToken is the last value of the webhooks.docrouter.ai/retry-failed
 	// annotation whose retries were requested: every delivery of the endpoint that was Failed
@@ -340,6 +347,7 @@ type WebhookEndpointStatus struct {
 // +kubebuilder:printcolumn:name="Paused",type=boolean,JSONPath=`.spec.paused`,priority=1
 // +kubebuilder:printcolumn:name="Failures",type=integer,JSONPath=`.status.consecutiveFailures`,priority=1
 // +kubebuilder:printcolumn:name="Throttled",type=integer,JSONPath=`.status.throttledDeliveries`,priority=1
+// +kubebuilder:printcolumn:name="Backlog",type=integer,JSONPath=`.status.backlog`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name of a WebhookEndpoint must be at most 63 characters, so that its deliveries can carry it as a label"
 type WebhookEndpoint struct {

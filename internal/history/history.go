@@ -102,7 +102,8 @@ type ListOptions struct {
 	EventType string
 	// Since keeps records created at or after this time.
 	Since time.Time
-	// Limit bounds the page (at most MaxPageSize; 0 means DefaultPageSize).
+	// Limit bounds the page (0 means DefaultPageSize; above MaxPageSize, MaxPageSize; a
+	// negative limit is an error).
 	Limit int
 	// Continue is the Continue of the previous page.
 	Continue string
@@ -154,7 +155,8 @@ type Stats struct {
 // Windows of Stats.
 var StatsWindows = []time.Duration{time.Hour, 24 * time.Hour, 7 * 24 * time.Hour}
 
-// WindowStats cover [Start, End).
+// WindowStats cover [Start, End): End is the end of the minute that holds Stats' now (the
+// current minute counts), Start is End minus the window.
 type WindowStats struct {
 	Window     time.Duration
 	Start, End time.Time
@@ -187,18 +189,26 @@ type StatsPoint struct {
 type Store interface {
 	// Write upserts records by namespace and name, in one transaction: the latest values
 	// win, attempts are merged (by delivery UID and number), rollups count each attempt and
-	// each finished phase once. Revision and Seq of the arguments are ignored.
+	// each finished phase once. Revision and Seq of the arguments are ignored. A snapshot of
+	// the delivery that wrote the record (same UID) with fewer attempts than the record is an
+	// older one: it does not overwrite the record (its attempts are still merged). A record
+	// without RemovedTime keeps the stored one when it comes from the same UID (a late write
+	// of a delivery that left etcd); a new UID clears it (the delivery is in etcd again). The
+	// same key twice in one batch: the last one's values, every one's attempts.
 	Write(ctx context.Context, records []Record) error
-	// Archived returns the checks that the store satisfies (see ArchiveCheck).
+	// Archived returns, for the UID of each check, whether the store satisfies it (see
+	// ArchiveCheck).
 	Archived(ctx context.Context, checks []ArchiveCheck) (map[types.UID]bool, error)
-	// MarkRemoved records that these deliveries left etcd at the given time.
+	// MarkRemoved records that these deliveries left etcd at the given time. A record marked
+	// already keeps its first time; keys the store does not hold are ignored.
 	MarkRemoved(ctx context.Context, keys []Key, at time.Time) error
 	// Get returns one record with every attempt, or ErrNotFound.
 	Get(ctx context.Context, key Key) (*Record, error)
 	// List returns a page of records, newest first.
 	List(ctx context.Context, opts ListOptions) (*Page, error)
 	// Changes returns records of namespace ("" for all) whose Revision is above revision,
-	// by increasing Revision, at most limit of them (a watch's source).
+	// by increasing Revision, at most limit of them (0: DefaultPageSize; at most
+	// MaxPageSize): a watch's source. Records deleted by Prune are not reported.
 	Changes(ctx context.Context, namespace string, revision int64, limit int) ([]Record, error)
 	// Revision is the store's current revision.
 	Revision(ctx context.Context) (int64, error)
@@ -208,15 +218,17 @@ type Store interface {
 	// Stats summarise an endpoint over StatsWindows ending at now.
 	Stats(ctx context.Context, endpoint EndpointKey, now time.Time) (*Stats, error)
 	// Prune deletes records that left etcd and finished before the given time, with their
-	// attempts, and rollups older than it, at most batch records per transaction, until none
-	// is left; it returns how many records it deleted. Records still in etcd are kept.
+	// attempts, and rollups older than it, at most batch records (or rollup rows) per
+	// transaction, until none is left; it returns how many records it deleted. Records still
+	// in etcd are kept. batch must be at least 1.
 	Prune(ctx context.Context, before time.Time, batch int) (int, error)
 
 	// Enqueue appends items to the backlog, in order, in one transaction, and returns for
 	// each whether it was added: an item whose name the store already knows (a record or a
-	// backlog item) is not added again.
+	// backlog item) is not added again. A zero EnqueuedAt is the store's now; ID is ignored.
 	Enqueue(ctx context.Context, items []BacklogItem) ([]bool, error)
-	// NextBacklog returns the oldest items of an endpoint's backlog, at most limit.
+	// NextBacklog returns the oldest items of an endpoint's backlog, at most limit (0:
+	// DefaultPageSize; at most MaxPageSize).
 	NextBacklog(ctx context.Context, endpoint EndpointKey, limit int) ([]BacklogItem, error)
 	// DeleteBacklog removes items (by ID) that became WebhookDeliveries.
 	DeleteBacklog(ctx context.Context, ids []int64) error

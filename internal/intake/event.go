@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 
@@ -42,6 +43,8 @@ type requestError struct {
 	message string
 	// cause is the API error behind a 5xx, for the operator's log (never sent to the caller).
 	cause error
+	// retryAfter, when set, is sent as Retry-After: when to publish again.
+	retryAfter time.Duration
 }
 
 func (e *requestError) Error() string { return e.message }

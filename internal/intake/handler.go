@@ -12,17 +12,17 @@ import (
 	"fmt"
 	"mime"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
-	"golang.org/x/sync/errgroup"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/internal/filter"
+	"github.com/docrouter/webhook-operator/internal/history"
 	"github.com/docrouter/webhook-operator/internal/metrics"
 	"github.com/docrouter/webhook-operator/publish"
 )
@@ -67,6 +67,25 @@ type Options struct {
 	// NewEventID makes the id of an event published without one; a UUID (version 7, so ids
 	// sort by time) when nil.
 	NewEventID func() string
+	// WorkingSet bounds the deliveries in etcd (the operator's controllers.WorkingSet); nil
+	// bounds nothing.
+	WorkingSet WorkingSet
+	// Store is the history store: deliveries beyond the working set wait in its backlog, and an
+	// event whose delivery it already holds is not taken again. nil: no store, and deliveries
+	// beyond the working set are refused.
+	Store history.Store
+}
+
+// WorkingSet admits deliveries into etcd.
+type WorkingSet interface {
+	// Admit reserves room for one delivery of an endpoint, or says why there is none.
+	Admit(endpoint, delivery types.NamespacedName) (ok bool, why string)
+	// Release gives back the room of an admitted delivery that was not created.
+	Release(delivery types.NamespacedName)
+	// HasBacklog reports whether the endpoint's earlier events wait in the store's backlog.
+	HasBacklog(endpoint types.NamespacedName) bool
+	// Queued notes an event of the endpoint added to the backlog.
+	Queued(endpoint types.NamespacedName)
 }
 
 // Handler serves the intake's routes.
@@ -175,79 +194,6 @@ func (h *Handler) publish(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, accepted)
 }
 
-// fanOut creates the event's delivery for each subscribed endpoint of ns, a bounded number at
-// once. A delivery that already exists (the event id was published before) is reported with
-// created=false. One API write per delivery; endpoints come from the cache.
-func (h *Handler) fanOut(ctx context.Context, ns string, event webhooksv1alpha1.Event) (*publish.Accepted, *requestError) {
-	var endpoints webhooksv1alpha1.WebhookEndpointList
-	if err := h.endpoints.List(ctx, &endpoints, client.InNamespace(ns), client.UnsafeDisableDeepCopy); err != nil {
-		return nil, &requestError{status: http.StatusServiceUnavailable, cause: err,
-			message: fmt.Sprintf("could not list the WebhookEndpoints of namespace %q (%s): publish the same event_id again", ns, reasonOf(err))}
-	}
-	accepted := &publish.Accepted{EventID: event.ID, Deliveries: []publish.Delivery{}}
-	input := filter.NewInput(&event)
-	for i := range endpoints.Items {
-		ep := &endpoints.Items[i]
-		if !ep.Spec.Subscribes(event.Type) {
-			continue
-		}
-		if skipped := h.skippedBy(ep, input, event.Type); skipped != nil {
-			accepted.Skipped = append(accepted.Skipped, *skipped)
-			continue
-		}
-		accepted.Deliveries = append(accepted.Deliveries, publish.Delivery{
-			Name: webhooksv1alpha1.DeliveryName(ep.Name, event.ID), Endpoint: ep.Name,
-		})
-	}
-	switch {
-	case len(accepted.Deliveries) == 0 && len(accepted.Skipped) > 0:
-		accepted.Message = fmt.Sprintf("the %d WebhookEndpoints of namespace %q that subscribe to %s did not select the event with their spec.filter (see skipped): nothing will be delivered",
-			len(accepted.Skipped), ns, event.Type)
-		return accepted, nil
-	case len(accepted.Deliveries) == 0:
-		accepted.Message = fmt.Sprintf("no WebhookEndpoint in namespace %q subscribes to %s: nothing will be delivered", ns, event.Type)
-		return accepted, nil
-	}
-	errs := make([]error, len(accepted.Deliveries))
-	g := errgroup.Group{}
-	g.SetLimit(h.opts.MaxConcurrentCreates)
-	for i := range accepted.Deliveries {
-		d := &accepted.Deliveries[i]
-		g.Go(func() error {
-			err := h.client.Create(ctx, webhooksv1alpha1.NewDelivery(ns, d.Endpoint, event))
-			switch {
-			case err == nil:
-				d.Created = true
-			case apierrors.IsAlreadyExists(err):
-			default:
-				errs[i] = err
-			}
-			return nil
-		})
-	}
-	_ = g.Wait()
-	if first := firstError(errs); first != nil {
-		if apierrors.IsInvalid(first) {
-			// The API server refused the event itself (a rule this intake does not check).
-			return nil, badRequest("the API server refused the event's delivery: %s", first.Error())
-		}
-		created := 0
-		for _, err := range errs {
-			if err == nil {
-				created++
-			}
-		}
-		status := http.StatusServiceUnavailable
-		if apierrors.IsForbidden(first) || apierrors.IsNotFound(first) {
-			status = http.StatusInternalServerError
-		}
-		return nil, &requestError{status: status, cause: first,
-			message: fmt.Sprintf("%d of %d deliveries exist; creating the others failed (%s): publish the same event_id again to complete them",
-				created, len(accepted.Deliveries), reasonOf(first))}
-	}
-	return accepted, nil
-}
-
 func firstError(errs []error) error {
 	for _, err := range errs {
 		if err != nil {
@@ -263,6 +209,9 @@ func isJSONContentType(ct string) bool {
 }
 
 func writeError(w http.ResponseWriter, err *requestError, eventID string) {
+	if err.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(err.retryAfter.Seconds())))
+	}
 	writeJSON(w, err.status, publish.ErrorBody{Error: err.message, EventID: eventID})
 }
 

@@ -31,6 +31,7 @@ import (
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/controllers"
 	"github.com/docrouter/webhook-operator/dispatcher"
+	"github.com/docrouter/webhook-operator/internal/history/historytest"
 	"github.com/docrouter/webhook-operator/internal/intake"
 	"github.com/docrouter/webhook-operator/internal/metrics"
 	"github.com/docrouter/webhook-operator/internal/testenv"
@@ -40,7 +41,7 @@ import (
 
 var env *testenv.Env
 
-func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env)) }
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env, historytest.Main)) }
 
 var signingKey = []byte("whsec-intake-test-key")
 
@@ -56,7 +57,8 @@ func startIntake(tb testing.TB, ns string, opts intake.Options, deliver bool) st
 		}
 		o := controllers.DefaultOptions()
 		o.SecretTTL = 0
-		return controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), o, nil)
+		_, err := controllers.Setup(ctx, mgr, o, controllers.Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{})})
+		return err
 	})
 	srv := httptest.NewServer(h)
 	tb.Cleanup(srv.Close)
@@ -473,7 +475,7 @@ func TestPublishReportsFailedCreatesWithEventID(t *testing.T) {
 	g.Expect(a.status).To(BeNumerically(">=", 500))
 	var eb publish.ErrorBody
 	g.Expect(json.Unmarshal(a.body, &eb)).To(Succeed())
-	g.Expect(eb.Error).To(ContainSubstring("0 of 1 deliveries exist"))
+	g.Expect(eb.Error).To(ContainSubstring("0 of 1 deliveries exist or wait in the backlog"))
 	g.Expect(eb.Error).To(ContainSubstring("publish the same event_id again"))
 	g.Expect(eb.EventID).NotTo(BeEmpty())
 	g.Expect(deliveries(t, ns)).To(BeEmpty())

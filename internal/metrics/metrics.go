@@ -30,6 +30,15 @@ const (
 	AttemptsThrottledName     = "docrouter_webhook_attempts_throttled_total"
 	DeliveriesThrottledName   = "docrouter_webhook_deliveries_throttled"
 	DeliveriesFilteredName    = "docrouter_webhook_deliveries_filtered_total"
+	HistoryStoreUpName        = "docrouter_webhook_history_store_up"
+	HistoryWritesName         = "docrouter_webhook_history_writes_total"
+	HistoryPendingName        = "docrouter_webhook_history_pending_records"
+	HistoryDroppedName        = "docrouter_webhook_history_dropped_snapshots_total"
+	ArchiveLagName            = "docrouter_webhook_archive_lag_seconds"
+	WorkingSetName            = "docrouter_webhook_working_set_deliveries"
+	BacklogName               = "docrouter_webhook_backlog_events"
+	EventsRefusedName         = "docrouter_webhook_events_refused_total"
+	EventsQueuedName          = "docrouter_webhook_events_queued_total"
 	ResultSucceeded           = "succeeded"
 	ResultFailed              = "failed"
 	otherLabelValue           = "other"
@@ -123,12 +132,75 @@ var (
 		Name: DeliveriesFilteredName,
 		Help: "Deliveries not created because of the endpoint's spec.filter, by namespace and reason (no_match; invalid: the filter does not compile; error: it failed on the event).",
 	}, []string{"namespace", "reason"})
+
+	// HistoryStoreUp is 1 while the history store answers, 0 when it does not.
+	HistoryStoreUp = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: HistoryStoreUpName,
+		Help: "1 while the history store answers, 0 when it does not (deliveries go on; finished ones stay in etcd).",
+	})
+
+	// HistoryWrites counts the archiver's store transactions, by result.
+	HistoryWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: HistoryWritesName,
+		Help: "Transactions that wrote delivery records to the history store, by result (succeeded, failed); each carries up to 500 records.",
+	}, []string{"result"})
+
+	// HistoryPending is the number of delivery snapshots waiting to be written to the store.
+	HistoryPending = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: HistoryPendingName,
+		Help: "Delivery snapshots waiting to be written to the history store (one per delivery at most).",
+	})
+
+	// HistoryDropped counts snapshots of unfinished deliveries not kept because too many waited.
+	HistoryDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: HistoryDroppedName,
+		Help: "Snapshots of unfinished deliveries not kept because 20,000 waited for the store; the delivery's next change is kept again, and finished deliveries are archived from etcd.",
+	})
+
+	// ArchiveLag is how long a finished delivery waited to be written to the store.
+	ArchiveLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    ArchiveLagName,
+		Help:    "Seconds from a delivery's last status write to its record in the history store, for finished deliveries.",
+		Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+	})
+
+	// WorkingSet is the number of WebhookDeliveries in etcd, by state.
+	WorkingSet = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: WorkingSetName,
+		Help: "WebhookDeliveries in etcd as this replica counts them, by state (unfinished, finished).",
+	}, []string{"state"})
+
+	// Backlog is the number of events waiting in the history store's backlog, by namespace.
+	Backlog = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: BacklogName,
+		Help: "Events waiting in the history store's backlog for room in the working set, by namespace, as the leader counts them.",
+	}, []string{"namespace"})
+
+	// EventsRefused counts deliveries of accepted-looking events the intake refused, by reason.
+	EventsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: EventsRefusedName,
+		Help: "Publishes the intake refused although the event was valid, by reason (working_set_full, etcd_full, store_unavailable).",
+	}, []string{"reason"})
+
+	// EventsQueued counts deliveries that went to the store's backlog instead of etcd.
+	EventsQueued = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: EventsQueuedName,
+		Help: "Deliveries the intake put into the history store's backlog because the working set was full, the endpoint had a backlog, or etcd was out of space.",
+	})
+)
+
+// Reasons of EventsRefused.
+const (
+	RefusedWorkingSetFull   = "working_set_full"
+	RefusedEtcdFull         = "etcd_full"
+	RefusedStoreUnavailable = "store_unavailable"
 )
 
 func init() {
 	ctrlmetrics.Registry.MustRegister(DeliveriesFinished, Attempts, AttemptDuration, DeliveryLag,
-		AttemptsInFlight, EventsPublished, BulkRetriedDeliveries, pending, AttemptsThrottled, throttled,
-		DeliveriesFiltered)
+		AttemptsInFlight, EventsPublished, BulkRetriedDeliveries, pending,
+		HistoryStoreUp, HistoryWrites, HistoryPending, HistoryDropped, ArchiveLag, WorkingSet, Backlog,
+		EventsRefused, EventsQueued, AttemptsThrottled, throttled, DeliveriesFiltered)
 }
 
 // RecordEventPublished counts one event accepted by the intake. An event type outside the
@@ -147,5 +219,7 @@ func RecordEventPublished(eventType string) {
 func Names() []string {
 	return []string{DeliveriesFinishedName, AttemptsName, AttemptDurationName, DeliveryLagName,
 		DeliveriesPendingName, AttemptsInFlightName, EventsPublishedName, BulkRetriedDeliveriesName,
+		HistoryStoreUpName, HistoryWritesName, HistoryPendingName, HistoryDroppedName, ArchiveLagName,
+		WorkingSetName, BacklogName, EventsRefusedName, EventsQueuedName,
 		AttemptsThrottledName, DeliveriesThrottledName, DeliveriesFilteredName}
 }

@@ -453,10 +453,11 @@ func startOperator(t *testing.T, ns string) (stop func(), intakeClient *publish.
 	ctx, cancel := context.WithCancel(context.Background())
 	copts := controllers.DefaultOptions()
 	copts.Namespaces = []string{ns} // as the manager's cache
-	if err := controllers.Setup(ctx, mgr, dispatcher.NewSender(dispatcher.SenderOptions{}), copts, nil); err != nil {
+	op, err := controllers.Setup(ctx, mgr, copts, controllers.Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{})})
+	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(intake.NewHandler(mgr.GetClient(), mgr.GetCache(), intake.Options{AllowAnonymous: true}))
+	srv := httptest.NewServer(intake.NewHandler(mgr.GetClient(), mgr.GetCache(), intake.Options{AllowAnonymous: true, WorkingSet: op.WorkingSet}))
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 256
 	intakeClient = &publish.Client{URL: srv.URL, HTTPClient: &http.Client{Transport: tr, Timeout: time.Minute}}

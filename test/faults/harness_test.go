@@ -179,7 +179,29 @@ func baseArgs(tb testing.TB) []string {
 	if flags["outbound-allow-cidrs"] {
 		args = append(args, "--outbound-allow-cidrs", "127.0.0.0/8")
 	}
+	if flags["history-database"] {
+		// One SQLite file per test, shared by its operators as a volume would be.
+		args = append(args, "--history-database", historyDSN(tb))
+	}
 	return args
+}
+
+var (
+	historyMu   sync.Mutex
+	historyDirs = map[string]string{}
+)
+
+// historyDSN is the SQLite history store of the test: the same file for every operator it starts.
+func historyDSN(tb testing.TB) string {
+	tb.Helper()
+	historyMu.Lock()
+	defer historyMu.Unlock()
+	dir, ok := historyDirs[tb.Name()]
+	if !ok {
+		dir = tb.TempDir()
+		historyDirs[tb.Name()] = dir
+	}
+	return "sqlite://" + filepath.Join(dir, "history.db")
 }
 
 // startOperator starts `webhook-operator manager` with the base flags and args; it is killed
@@ -272,7 +294,7 @@ func eventually(tb testing.TB, timeout time.Duration, what string, cond func() b
 		if time.Now().After(deadline) {
 			tb.Fatalf("timed out after %s waiting until %s", timeout, what)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
