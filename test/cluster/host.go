@@ -36,10 +36,12 @@ type hostState struct {
 	Links []string
 	// Routes: `ip route show table all` for both families.
 	Routes []string
-	// Listeners: "tcp 10.244.0.1:6443" for every listening TCP socket and bound UDP socket.
+	// Listeners: "tcp 10.244.0.1:6443" for every listening TCP socket and bound UDP socket,
+	// and "unix /path" for every listening Unix socket bound to a path (containerd's, its
+	// shims', PostgreSQL's).
 	Listeners []string
-	// Paths: directories the components create outside the test's own directory, to their
-	// entries ("" when absent).
+	// Paths: directories the components create outside the test's own directory, and that
+	// directory itself, to their entries ("" when absent).
 	Paths map[string]string
 	// Cgroups: the top-level directories of every cgroup v1 hierarchy (and of the v2 tree).
 	Cgroups []string
@@ -212,8 +214,28 @@ func readListeners() []string {
 		}
 		_ = f.Close()
 	}
+	out = append(out, readUnixListeners()...)
 	sort.Strings(out)
 	return slices.Compact(out)
+}
+
+// readUnixListeners lists the listening Unix sockets bound to a path, from /proc/net/unix:
+// "Num RefCount Protocol Flags Type St Inode Path", Flags 00010000 (accepting connections).
+// Abstract sockets (@name) have no file to leave behind and are left out.
+func readUnixListeners() []string {
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) < 8 || f[3] != "00010000" || !strings.HasPrefix(f[7], "/") {
+			continue
+		}
+		out = append(out, "unix "+f[7])
+	}
+	return out
 }
 
 // hexAddr turns /proc/net's "0100007F:1F90" into "127.0.0.1:8080".
@@ -232,9 +254,9 @@ func hexAddr(s string) string {
 	return net.JoinHostPort(net.IP(b).String(), fmt.Sprint(port))
 }
 
-func readPaths() map[string]string {
+func readPaths(extra ...string) map[string]string {
 	out := map[string]string{}
-	for _, p := range watchedPaths {
+	for _, p := range append(slices.Clone(watchedPaths), extra...) {
 		entries, err := os.ReadDir(p)
 		if err != nil {
 			if _, serr := os.Lstat(p); serr == nil {
@@ -271,7 +293,9 @@ func readCgroups() []string {
 	return out
 }
 
-func snapshotHost() hostState {
+// snapshotHost reads the machine; dirs are directories of the cluster's own to compare too
+// (its working directory: absent before, and after).
+func snapshotHost(dirs ...string) hostState {
 	return hostState{
 		Sysctls:   readSysctls(),
 		Iptables:  map[string][]string{"iptables": readIptables("iptables"), "ip6tables": readIptables("ip6tables")},
@@ -280,7 +304,7 @@ func snapshotHost() hostState {
 		Links:     readLinks(),
 		Routes:    readRoutes(),
 		Listeners: readListeners(),
-		Paths:     readPaths(),
+		Paths:     readPaths(dirs...),
 		Cgroups:   readCgroups(),
 	}
 }
@@ -426,7 +450,10 @@ func (o ownership) link(name string) bool {
 }
 
 func (o ownership) listener(l string) bool {
-	_, addr, _ := strings.Cut(l, " ")
+	proto, addr, _ := strings.Cut(l, " ")
+	if proto == "unix" {
+		return o.path(addr)
+	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return false
