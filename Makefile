@@ -92,6 +92,15 @@ test: manifests generate fmt vet ## Run every test against a real kube-apiserver
 	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" go test $(GO_TEST_FLAGS) ./...
 	cd hack/image && go test $(GO_TEST_FLAGS) ./...
 
+.PHONY: test-browser
+test-browser: ## The web console in a real browser (Debian's Chromium: apt-get install chromium) against the whole operator, about a minute; make test runs it too.
+	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" go test $(GO_TEST_FLAGS) -timeout 5m -v ./test/browser/
+
+.PHONY: screenshots
+screenshots: ## Run the browser test and keep a screenshot of each console page in docs/console/ (shown by the README and docs/console.md).
+	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" CONSOLE_SCREENSHOTS=docs/console go test -count=1 -timeout 5m -run '^TestConsole$$' ./test/browser/
+	rm -f docs/console/failed.png
+
 .PHONY: test-faults
 test-faults: ## Fault tests on the operator process: SIGKILL mid-attempt, a 30 s API-server outage, leader handover, no credentials in logs, Events, status or metrics (about 5 minutes). See docs/faults.md.
 	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" FAULT_TESTS=1 go test $(GO_TEST_FLAGS) -timeout 20m -v ./test/faults/
@@ -114,6 +123,16 @@ test-cluster: image ## As root: a real single-node cluster (kubelet, containerd,
 .PHONY: build
 build: manifests generate fmt vet ## Build the operator binary into bin/webhook-operator.
 	CGO_ENABLED=0 go build -trimpath -o bin/webhook-operator .
+
+# Where make install-plugin puts kubectl-webhooks: $(PREFIX)/bin, which must be on PATH.
+PREFIX ?= $(shell go env GOPATH)
+
+.PHONY: install-plugin
+install-plugin: build ## Install the kubectl plugin: the operator's binary as PREFIX/bin/kubectl-webhooks (PREFIX: go env GOPATH unless given), so that kubectl webhooks works.
+	install -d '$(PREFIX)/bin'
+	install -m 0755 bin/webhook-operator '$(PREFIX)/bin/kubectl-webhooks'
+	@echo "installed $(PREFIX)/bin/kubectl-webhooks: try kubectl webhooks --help"
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; *) echo "warning: $(PREFIX)/bin is not on your PATH, so kubectl will not find the plugin: export PATH=\"$(PREFIX)/bin:\$$PATH\"" ;; esac
 
 .PHONY: image
 image: ## Build the operator's image without a container engine into $(IMAGE_TAR) (docker load / ctr images import take it).

@@ -3,6 +3,10 @@
 //	webhook-operator [manager] [flags]   run the controllers (the default)
 //	webhook-operator receiver [flags]    a sample receiver that verifies and prints webhooks
 //	webhook-operator publish [flags]     publish one event to the intake (see docs/publishing.md)
+//	webhook-operator webhooks ...        the kubectl plugin, as `kubectl webhooks ...`
+//
+// Run under the name kubectl-webhooks (make install-plugin), the binary is the kubectl plugin
+// `kubectl webhooks` (internal/plugin).
 package main
 
 import (
@@ -10,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -35,6 +40,7 @@ import (
 	"github.com/docrouter/webhook-operator/internal/history"
 	"github.com/docrouter/webhook-operator/internal/historyapi"
 	"github.com/docrouter/webhook-operator/internal/intake"
+	"github.com/docrouter/webhook-operator/internal/plugin"
 )
 
 var scheme = runtime.NewScheme()
@@ -45,6 +51,10 @@ func init() {
 }
 
 func main() {
+	// Under the plugin's name, kubectl runs it as `kubectl webhooks ARGS`.
+	if strings.TrimSuffix(filepath.Base(os.Args[0]), ".exe") == plugin.Name {
+		os.Exit(plugin.Main(os.Args[1:]))
+	}
 	args := os.Args[1:]
 	cmd := "manager"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
@@ -58,8 +68,10 @@ func main() {
 		err = runReceiver(args)
 	case "publish":
 		err = runPublish(args)
+	case "webhooks":
+		os.Exit(plugin.Main(args))
 	default:
-		err = fmt.Errorf("unknown command %q: want manager", cmd)
+		err = fmt.Errorf("unknown command %q: want manager, receiver, publish or webhooks", cmd)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)

@@ -226,6 +226,11 @@ func TestDeliveriesStayInEtcdWhileTheStoreIsDown(t *testing.T) {
 		g.Expect(r.Attempts).To(HaveLen(1))
 	}
 	g.Expect(testutil.ToFloat64(metrics.HistoryStoreUp)).To(Equal(1.0))
+	if rcv.Count() != 20 {
+		for _, r := range rcv.Requests() {
+			t.Logf("%s %s attempt %s", r.At.Format("15:04:05.000"), r.Header.Get(dispatcher.HeaderEventID), r.Header.Get(dispatcher.HeaderAttempt))
+		}
+	}
 	g.Expect(rcv.Count()).To(Equal(20), "nothing was sent twice")
 }
 

@@ -2,8 +2,6 @@ package controllers
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -203,9 +201,8 @@ func (r *WebhookEndpointReconciler) sendTest(ctx context.Context, ep *webhooksv1
 	if token == "" || token == ep.Status.LastTestToken {
 		return nil
 	}
-	sum := sha256.Sum256([]byte(string(ep.UID) + "/" + token))
 	event := webhooksv1alpha1.Event{
-		ID:             "test-" + hex.EncodeToString(sum[:12]),
+		ID:             webhooksv1alpha1.TestEventID(ep.UID, token),
 		Type:           webhooksv1alpha1.EventWebhookTest,
 		Timestamp:      r.Clock.Now().Unix(),
 		OrganizationID: ep.Namespace,

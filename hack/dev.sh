@@ -15,7 +15,9 @@
 # those processes by pid and command line, from $DEV_DIR/pids).
 #
 # Settings (environment): DEV_DIR (.dev), DEV_APISERVER_PORT (16443), DEV_ETCD_PORT (16379),
-# DEV_PROBE_PORT (18081), DEV_HISTORY_API_PORT (18444: the history API, kubectl get whdr); DEV_NO_BUILD=1 runs bin/ as it is instead of rebuilding. The intake (127.0.0.1:8090) and receiver (127.0.0.1:9000) addresses are
+# DEV_PROBE_PORT (18081), DEV_HISTORY_API_PORT (18444: the history API, kubectl get whdr),
+# DEV_SUCCEEDED_RETENTION and DEV_FAILED_RETENTION (2m each: the time finished deliveries stay
+# in etcd; the operator's own defaults are 10m and 1h); DEV_NO_BUILD=1 runs bin/ as it is instead of rebuilding. The intake (127.0.0.1:8090) and receiver (127.0.0.1:9000) addresses are
 # fixed: the samples and `webhook-operator publish` use them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,6 +28,8 @@ DEV_APISERVER_PORT="${DEV_APISERVER_PORT:-16443}"
 DEV_ETCD_PORT="${DEV_ETCD_PORT:-16379}"
 DEV_PROBE_PORT="${DEV_PROBE_PORT:-18081}"
 DEV_HISTORY_API_PORT="${DEV_HISTORY_API_PORT:-18444}"
+DEV_SUCCEEDED_RETENTION="${DEV_SUCCEEDED_RETENTION:-2m}"
+DEV_FAILED_RETENTION="${DEV_FAILED_RETENTION:-2m}"
 INTAKE_ADDR=127.0.0.1:8090
 RECEIVER_ADDR=127.0.0.1:9000
 
@@ -191,6 +195,9 @@ fi
 has_flag outbound-allow-cidrs && flags+=(--outbound-allow-cidrs "127.0.0.0/8,::1/128")
 # The history store: embedded SQLite next to etcd's data, kept across restarts like it.
 has_flag history-database && flags+=(--history-database "sqlite://${dev_dir}/history.db")
+# Finished deliveries leave etcd sooner than the operator's defaults (10m, 1h), so that the
+# tour shows one that has left etcd and is still in the history (kubectl get whdr).
+has_flag succeeded-retention && flags+=(--succeeded-retention "${DEV_SUCCEEDED_RETENTION}" --failed-retention "${DEV_FAILED_RETENTION}")
 # The history API, as in a cluster: the operator keeps its certificate in a Secret of
 # docrouter-system and writes the APIService's caBundle; kube-apiserver forwards to it.
 if has_flag history-api-bind-address; then
