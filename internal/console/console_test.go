@@ -78,10 +78,10 @@ func TestTimeAxis(t *testing.T) {
 func TestSuccessChart(t *testing.T) {
 	end := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	w := window("24h", end, 24*time.Hour, time.Hour, func(i int, _ time.Time) historyv1alpha1.StatsPoint {
-		switch {
-		case i == 10:
+		switch i {
+		case 10:
 			return historyv1alpha1.StatsPoint{} // nothing finished: a gap
-		case i == 20:
+		case 20:
 			return historyv1alpha1.StatsPoint{Succeeded: 5, Failed: 5}
 		}
 		return historyv1alpha1.StatsPoint{Succeeded: 10}
