@@ -45,6 +45,9 @@ type hostState struct {
 	Paths map[string]string
 	// Cgroups: the top-level directories of every cgroup v1 hierarchy (and of the v2 tree).
 	Cgroups []string
+	// SharedMemory: "ID PID" for every System V shared memory segment and the pid that created
+	// it (PostgreSQL keeps one, which a server killed leaves behind).
+	SharedMemory []string
 }
 
 // watchedPaths are the host directories the cluster's parts create or fill even when pointed
@@ -306,7 +309,26 @@ func snapshotHost(dirs ...string) hostState {
 		Listeners: readListeners(),
 		Paths:     readPaths(dirs...),
 		Cgroups:   readCgroups(),
+
+		SharedMemory: readSharedMemory(),
 	}
+}
+
+// readSharedMemory lists /proc/sysvipc/shm ("key shmid perms size cpid lpid nattch ...") as
+// "shmid cpid".
+func readSharedMemory() []string {
+	b, err := os.ReadFile("/proc/sysvipc/shm")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		if f := strings.Fields(l); len(f) >= 7 {
+			out = append(out, f[1]+" "+f[4])
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (h hostState) save(path string) error {
@@ -385,6 +407,12 @@ func leftovers(before, after hostState, ours ownership) []string {
 	for _, c := range added(before.Cgroups, after.Cgroups) {
 		out = append(out, "cgroup left: "+c)
 	}
+	for _, m := range added(before.SharedMemory, after.SharedMemory) {
+		id, pid, _ := strings.Cut(m, " ")
+		if p, err := strconv.Atoi(pid); err == nil && ours.pids[p] {
+			out = append(out, fmt.Sprintf("shared memory segment left: %s (made by pid %s)", id, pid))
+		}
+	}
 	sort.Strings(out)
 	return out
 }
@@ -394,6 +422,7 @@ func summarize(diffs []string) string {
 	kinds := []struct{ name, prefix string }{
 		{"sysctl", "sysctl "}, {"iptables", "iptables "}, {"ip6tables", "ip6tables "}, {"nftables table", "nftables table "}, {"mount", "mount "},
 		{"network interface", "network interface "}, {"route", "route "}, {"socket", "socket "}, {"directory", "/"}, {"cgroup", "cgroup "},
+		{"shared memory segment", "shared memory segment "},
 	}
 	var out []string
 	for _, k := range kinds {
@@ -431,6 +460,8 @@ type ownership struct {
 	bridge   string
 	networks []*net.IPNet
 	ports    []int
+	// pids made what they made (the System V segment of the test's PostgreSQL).
+	pids map[int]bool
 }
 
 func (o ownership) path(p string) bool {

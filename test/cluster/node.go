@@ -88,7 +88,7 @@ func freePort() (int, error) {
 func (n *node) ownership() ownership {
 	_, pods, _ := net.ParseCIDR(podCIDR)
 	_, svcs, _ := net.ParseCIDR(serviceCIDR)
-	o := ownership{dir: n.dir, bridge: bridgeName, networks: []*net.IPNet{pods, svcs}, ports: []int{apiPort, kubeletPort, 10248, 10249, 10256, 10257, 10259}}
+	o := ownership{dir: n.dir, bridge: bridgeName, networks: []*net.IPNet{pods, svcs}, ports: []int{apiPort, kubeletPort, 10248, 10249, 10256, 10257, 10259}, pids: n.postgresPids()}
 	for _, p := range n.ports {
 		o.ports = append(o.ports, p)
 	}
@@ -170,7 +170,7 @@ func newNode(dir, assets string, logf func(string, ...any)) (*node, error) {
 				_ = syscall.Kill(p.Pid, syscall.SIGKILL)
 			}
 		}
-		n.state.Before = old.Before
+		n.state = old // the machine before that run, and what it started (its PostgreSQL's pid)
 		for _, e := range n.restoreHost() {
 			logf("cleaning up the previous run: %v", e)
 		}
@@ -437,8 +437,11 @@ func (n *node) restoreHost() []error {
 	// The System V shared memory segment of the test's PostgreSQL server: its fast shutdown
 	// removes it; a server that was killed leaves it.
 	for _, id := range sysvSegmentsOf(n.postgresPids()) {
-		note(fmt.Errorf("PostgreSQL left its shared memory segment %s (removed)", id))
-		_, _ = run("ipcrm", "-m", id)
+		if _, err := run("ipcrm", "-m", id); err != nil {
+			note(err)
+		} else {
+			n.logf("removed the shared memory segment %s that PostgreSQL left", id)
+		}
 	}
 
 	// Mounts under the cluster's paths, deepest first.

@@ -263,22 +263,13 @@ func (n *node) postgresPids() map[int]bool {
 	return pids
 }
 
-// sysvSegmentsOf lists the System V shared memory segments that processes pids created
-// (PostgreSQL keeps one; a fast shutdown removes it, a SIGKILL does not), from
-// /proc/sysvipc/shm: "key shmid perms size cpid lpid nattch ...".
+// sysvSegmentsOf lists the System V shared memory segments that processes pids created.
 func sysvSegmentsOf(pids map[int]bool) []string {
-	b, err := os.ReadFile("/proc/sysvipc/shm")
-	if err != nil {
-		return nil
-	}
 	var out []string
-	for _, l := range strings.Split(string(b), "\n")[1:] {
-		f := strings.Fields(l)
-		if len(f) < 7 {
-			continue
-		}
-		if cpid, err := strconv.Atoi(f[4]); err == nil && pids[cpid] {
-			out = append(out, f[1])
+	for _, m := range readSharedMemory() {
+		id, pid, _ := strings.Cut(m, " ")
+		if p, err := strconv.Atoi(pid); err == nil && pids[p] {
+			out = append(out, id)
 		}
 	}
 	return out
