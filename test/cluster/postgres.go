@@ -166,27 +166,40 @@ host    ` + postgresDB + `  ` + postgresUser + `  ` + podCIDR + `  scram-sha-256
 	if !strings.HasPrefix(verifier, "SCRAM-SHA-256$") {
 		return nil, fmt.Errorf("the role %s's password is not stored as a SCRAM-SHA-256 verifier", postgresUser)
 	}
-	// pg_hba.conf as meant: the role with its password connects; a wrong password and the
-	// superuser over TCP are refused.
+	// pg_hba.conf as meant: the role with its password connects (from the bridge address,
+	// which is in the pods' network); a wrong password, the superuser over TCP, and the role
+	// with its password from an address outside the pods' network (the machine's loopback,
+	// which reaches the bridge address too) are refused.
 	conn, err := pgx.Connect(ctx, p.url())
 	if err != nil {
 		return nil, fmt.Errorf("connecting as %s with its password: %w", postgresUser, scrub(err, p.password))
 	}
 	_ = conn.Close(ctx)
-	for _, c := range []struct{ who, dsn, want string }{
-		{"a wrong password", strings.Replace(p.url(), url.UserPassword(p.user, p.password).String(), p.user+":wrong", 1), "password authentication failed"},
-		{"the superuser over TCP", fmt.Sprintf("postgres://postgres@%s:%d/postgres?sslmode=disable", nodeIP, p.port), "no pg_hba.conf entry"},
+	for _, c := range []struct {
+		who, dsn, want string
+		from           net.IP
+	}{
+		{"a wrong password", strings.Replace(p.url(), url.UserPassword(p.user, p.password).String(), p.user+":wrong", 1), "password authentication failed", nil},
+		{"the superuser over TCP", fmt.Sprintf("postgres://postgres@%s:%d/postgres?sslmode=disable", nodeIP, p.port), "no pg_hba.conf entry", nil},
+		{"the operator's role from 127.0.0.1", p.url(), "no pg_hba.conf entry", net.IPv4(127, 0, 0, 1)},
 	} {
-		conn, err := pgx.Connect(ctx, c.dsn)
+		cfg, err := pgx.ParseConfig(c.dsn)
+		if err != nil {
+			return nil, scrub(err, p.password)
+		}
+		if c.from != nil {
+			cfg.DialFunc = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: c.from}, Timeout: 5 * time.Second}).DialContext
+		}
+		conn, err := pgx.ConnectConfig(ctx, cfg)
 		if err == nil {
 			_ = conn.Close(ctx)
 			return nil, fmt.Errorf("PostgreSQL accepted %s", c.who)
 		}
 		if !strings.Contains(err.Error(), c.want) {
-			return nil, fmt.Errorf("PostgreSQL refused %s, but not for the expected reason (%q): %w", c.who, c.want, err)
+			return nil, fmt.Errorf("PostgreSQL refused %s, but not for the expected reason (%q): %w", c.who, c.want, scrub(err, p.password))
 		}
 	}
-	n.logf("PostgreSQL: role %s (password stored as a SCRAM-SHA-256 verifier) owns database %s; pg_hba.conf lets it in from %s with scram-sha-256 and nothing else: a wrong password and the superuser over TCP are refused", postgresUser, postgresDB, podCIDR)
+	n.logf("PostgreSQL: role %s (password stored as a SCRAM-SHA-256 verifier) owns database %s; pg_hba.conf lets it in from %s with scram-sha-256 and nothing else: a wrong password, the superuser over TCP and the role from 127.0.0.1 are refused", postgresUser, postgresDB, podCIDR)
 	return p, nil
 }
 
