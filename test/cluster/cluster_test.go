@@ -39,10 +39,13 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap/zapcore"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/docrouter/webhook-operator/internal/testenv"
 )
@@ -153,6 +156,9 @@ func TestCluster(t *testing.T) {
 	}
 	t.Logf("cluster up: %.1fs", time.Since(t0).Seconds())
 
+	// The client logs through controller-runtime's logger (its errors only, here): without one,
+	// controller-runtime prints a warning with a stack trace once 30 s have passed.
+	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
 	restCfg, err := clientcmd.BuildConfigFromFlags("", n.adminConfig)
 	if err != nil {
 		t.Fatal(err)
