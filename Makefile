@@ -110,8 +110,9 @@ bench: ## Measure throughput, latency, API writes, memory and isolation against 
 	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" go test -tags bench -count=1 -timeout 15m -run '^TestBench$$' -v ./test/bench/
 
 .PHONY: test-cluster
-test-cluster: image ## As root: a real single-node cluster (kubelet, containerd, CNI, kube-proxy; built and installed on first use), the operator installed with config/default from the image, checked as a user sees it, then torn down leaving the machine as it was (about 2 minutes warm). See docs/operations.md.
+test-cluster: image ## As root: a real single-node cluster (kubelet, containerd, CNI, kube-proxy; built and installed on first use), the operator installed from the image with config/default (SQLite) and then config/overlays/postgres (a PostgreSQL 15 server on the node), each checked as a user sees it, then torn down leaving the machine as it was (2 to 3 minutes warm). See docs/operations.md.
 	hack/node-packages.sh
+	hack/postgres.sh >/dev/null
 	hack/controlplane.sh --cluster >/dev/null
 	$(LOCALBIN)/image -pause -source . -o $(LOCALBIN)/pause-image.tar
 	CLUSTER_ASSETS="$$(hack/controlplane.sh --cluster)" CLUSTER_IMAGE=$(abspath $(IMAGE_TAR)) CLUSTER_PAUSE_IMAGE=$(LOCALBIN)/pause-image.tar \

@@ -48,49 +48,123 @@ const (
 
 // checks are what a user of the install sees, in order; each needs the ones before it.
 type checks struct {
-	t       *testing.T
-	n       *node
-	cs      kubernetes.Interface
-	c       client.Client
-	image   string
-	overlay string
+	t     *testing.T
+	n     *node
+	cs    kubernetes.Interface
+	c     client.Client
+	image string
+	// installs are run one after the other in the same cluster, each uninstalled before the
+	// next (installs.go).
+	installs []*installation
 
+	// The install being checked, and what its checks found.
+	cur                    *installation
+	objs                   []*unstructured.Unstructured
 	receiverURL, intakeURL string
-	// replicas is what the installed Deployment asks for (2 in config/default).
+	// replicas is what the installed Deployment asks for (1 in config/default, 2 in
+	// config/overlays/postgres).
 	replicas int32
+	// delivered are the deliveries of the events this install's checks published, in order.
+	delivered []string
+	// volumes are the hostPath directories of the install's claims, by claim name.
+	volumes map[string]string
+
+	// The history API's users (history.go), made once.
+	users map[string]*apiUser
+	// pg is the PostgreSQL server of the install that needs one.
+	pg *postgres
+}
+
+type step struct {
+	name string
+	fn   func(context.Context) error
 }
 
 func (k *checks) run(ctx context.Context) {
-	steps := []struct {
-		name string
-		fn   func(context.Context) error
-	}{
-		{"install", k.install},
-		{"restricted Pod Security", k.podSecurity},
-		{"replicas Running and Ready", k.replicasReady},
-		{"read-only root file system", k.readOnlyRoot},
-		{"published event delivered", k.delivery},
-		{"leader handover", k.handover},
-		{"metrics through the metrics Service", k.metrics},
-		{"pods reach nothing beyond the bridge", k.isolation},
-	}
-	for _, s := range steps {
+	for i, in := range k.installs {
+		k.cur, k.objs, k.receiverURL, k.intakeURL, k.replicas, k.delivered, k.volumes = in, nil, "", "", 0, nil, map[string]string{}
+		steps := in.steps(k)
+		if i < len(k.installs)-1 {
+			steps = append(steps, step{"uninstall", k.uninstall})
+		}
 		t0 := time.Now()
-		ok := k.t.Run(s.name, func(t *testing.T) {
-			if err := s.fn(ctx); err != nil {
-				t.Fatal(err)
+		ok := k.t.Run(in.name, func(t *testing.T) {
+			for _, s := range steps {
+				if s.name == "uninstall" {
+					k.show()
+				}
+				t1 := time.Now()
+				ok := t.Run(s.name, func(t *testing.T) {
+					if err := s.fn(ctx); err != nil {
+						t.Fatal(err)
+					}
+				})
+				k.logf("check %s/%q: %.1fs", in.name, s.name, time.Since(t1).Seconds())
+				if !ok {
+					t.FailNow()
+				}
+			}
+			if i == len(k.installs)-1 {
+				k.show()
 			}
 		})
-		k.t.Logf("check %q: %.1fs", s.name, time.Since(t0).Seconds())
+		k.logf("install %s (%s): %.1fs", in.name, in.overlay, time.Since(t0).Seconds())
 		if !ok {
 			return
 		}
 	}
 	k.kubectl("get", "nodes", "-o", "wide")
 	k.kubectl("get", "pods", "-A", "-o", "wide")
-	k.kubectl("get", "deployments,services,leases", "-n", installNS)
-	k.kubectl("get", "webhookendpoints,webhookdeliveries", "-n", demoNS)
 }
+
+// show logs what a user of the install sees with kubectl.
+func (k *checks) show() {
+	k.operatorErrors()
+	k.kubectl("get", "deployments,services,leases,persistentvolumeclaims", "-n", installNS)
+	k.kubectl("get", "pods", "-n", installNS, "-o", "wide")
+	k.kubectl("get", "apiservice", historyAPIService)
+	k.kubectl("get", "webhookendpoints,webhookdeliveries", "-n", demoNS)
+	if u := k.users["jane"]; u != nil {
+		k.kubectlAs(u, "get", "whdr", "-n", demoNS)
+		if len(k.delivered) > 0 {
+			k.kubectlAs(u, "get", "whdr", k.delivered[0], "-n", demoNS, "-o", "yaml")
+		}
+	}
+	if u := k.users["bob"]; u != nil {
+		k.kubectlAs(u, "get", "whdr", "-n", demoNS)
+	}
+}
+
+// operatorErrors logs the error lines of the operator pods' logs (kubectl logs), for whoever
+// reads the run: the checks decide, but an error a user would see is worth a look.
+func (k *checks) operatorErrors() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pods, err := k.operatorPods(ctx)
+	if err != nil {
+		return
+	}
+	for _, p := range pods {
+		out, err := k.cs.CoreV1().Pods(installNS).GetLogs(p.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+		if err != nil {
+			continue
+		}
+		var errs []string
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(l, `"level":"error"`) {
+				errs = append(errs, l)
+			}
+		}
+		n := len(errs)
+		if n > 5 {
+			errs = append(errs[:5], "...")
+		}
+		k.logf("kubectl logs %s: %d lines, %d at level error\n%s", p.Name, strings.Count(string(out), "\n"), n, strings.Join(errs, "\n"))
+	}
+}
+
+// eventID names the n-th event the current install's checks publish.
+func (k *checks) eventID(n int) string { return fmt.Sprintf("%s-event-%d", k.cur.name, n) }
 
 func (k *checks) logf(format string, args ...any) { k.t.Logf(format, args...) }
 
@@ -122,11 +196,12 @@ func imageRef(tarball string) (string, error) {
 }
 
 func (k *checks) install(ctx context.Context) error {
-	objs, kust, err := render(k.overlay, k.image)
+	objs, kust, err := render(k.cur.overlay, k.image)
 	if err != nil {
 		return err
 	}
-	k.logf("installing %s (%d objects) with this kustomization on top:\n%s", k.overlay, len(objs), kust)
+	k.objs = objs
+	k.logf("installing %s (%d objects) with this kustomization on top:\n%s", k.cur.overlay, len(objs), kust)
 	for _, o := range objs {
 		if o.GetKind() == "Deployment" && o.GetName() == deployName {
 			r, found, err := unstructured.NestedInt64(o.Object, "spec", "replicas")
@@ -141,6 +216,20 @@ func (k *checks) install(ctx context.Context) error {
 	}
 	if k.replicas == 0 {
 		return fmt.Errorf("the install has no Deployment %s/%s", installNS, deployName)
+	}
+	// What must exist before the operator starts (the database's Secret), in its namespace,
+	// as the overlay's instructions say: kubectl create namespace, create secret, apply -k.
+	if k.cur.before != nil {
+		for _, o := range objs {
+			if o.GetKind() == "Namespace" {
+				if err := apply(ctx, k.c, []*unstructured.Unstructured{o.DeepCopy()}); err != nil {
+					return err
+				}
+			}
+		}
+		if err := k.cur.before(k)(ctx); err != nil {
+			return err
+		}
 	}
 	if err := apply(ctx, k.c, objs); err != nil {
 		return err
@@ -210,6 +299,7 @@ func (k *checks) volumeFor(ctx context.Context, claim *unstructured.Unstructured
 	if err := k.c.Create(ctx, pv); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
+	k.volumes[pvc.Name] = dir
 	k.logf("PersistentVolumeClaim %s/%s: bound to a hostPath volume in %s", pvc.Namespace, pvc.Name, dir)
 	return nil
 }
@@ -546,7 +636,7 @@ func (k *checks) delivery(ctx context.Context) error {
 		return err
 	}
 	k.logf("receiver Service %s, intake Service %s", k.receiverURL, k.intakeURL)
-	return k.publishAndReceive(ctx, "cluster-event-1")
+	return k.publishAndReceive(ctx, k.eventID(1))
 }
 
 // publishAndReceive runs a publisher Pod for one event and waits for its delivery.
@@ -615,6 +705,7 @@ func (k *checks) publishAndReceive(ctx context.Context, eventID string) error {
 	if err != nil {
 		return err
 	}
+	k.delivered = append(k.delivered, d.Name)
 	k.logf("delivered %s in %.1fs (publisher pod created to delivery Succeeded, HTTP %d); the receiver logged: %s",
 		d.Name, time.Since(t0).Seconds(), d.Status.LastStatusCode, line)
 	return nil
@@ -708,7 +799,7 @@ func (k *checks) handover(ctx context.Context) error {
 	if took > duration {
 		return fmt.Errorf("the handover took %.1fs, more than the Lease duration %s", took.Seconds(), duration)
 	}
-	if err := k.publishAndReceive(ctx, "cluster-event-2"); err != nil {
+	if err := k.publishAndReceive(ctx, k.eventID(2)); err != nil {
 		return fmt.Errorf("after the handover: %w", err)
 	}
 	return k.waitDeployment(ctx, installNS, deployName, k.replicas, 2*time.Minute)

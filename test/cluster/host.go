@@ -36,13 +36,18 @@ type hostState struct {
 	Links []string
 	// Routes: `ip route show table all` for both families.
 	Routes []string
-	// Listeners: "tcp 10.244.0.1:6443" for every listening TCP socket and bound UDP socket.
+	// Listeners: "tcp 10.244.0.1:6443" for every listening TCP socket and bound UDP socket,
+	// and "unix /path" for every listening Unix socket bound to a path (containerd's, its
+	// shims', PostgreSQL's).
 	Listeners []string
-	// Paths: directories the components create outside the test's own directory, to their
-	// entries ("" when absent).
+	// Paths: directories the components create outside the test's own directory, and that
+	// directory itself, to their entries ("" when absent).
 	Paths map[string]string
 	// Cgroups: the top-level directories of every cgroup v1 hierarchy (and of the v2 tree).
 	Cgroups []string
+	// SharedMemory: "ID PID" for every System V shared memory segment and the pid that created
+	// it (PostgreSQL keeps one, which a server killed leaves behind).
+	SharedMemory []string
 }
 
 // watchedPaths are the host directories the cluster's parts create or fill even when pointed
@@ -212,8 +217,28 @@ func readListeners() []string {
 		}
 		_ = f.Close()
 	}
+	out = append(out, readUnixListeners()...)
 	sort.Strings(out)
 	return slices.Compact(out)
+}
+
+// readUnixListeners lists the listening Unix sockets bound to a path, from /proc/net/unix:
+// "Num RefCount Protocol Flags Type St Inode Path", Flags 00010000 (accepting connections).
+// Abstract sockets (@name) have no file to leave behind and are left out.
+func readUnixListeners() []string {
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) < 8 || f[3] != "00010000" || !strings.HasPrefix(f[7], "/") {
+			continue
+		}
+		out = append(out, "unix "+f[7])
+	}
+	return out
 }
 
 // hexAddr turns /proc/net's "0100007F:1F90" into "127.0.0.1:8080".
@@ -232,9 +257,9 @@ func hexAddr(s string) string {
 	return net.JoinHostPort(net.IP(b).String(), fmt.Sprint(port))
 }
 
-func readPaths() map[string]string {
+func readPaths(extra ...string) map[string]string {
 	out := map[string]string{}
-	for _, p := range watchedPaths {
+	for _, p := range append(slices.Clone(watchedPaths), extra...) {
 		entries, err := os.ReadDir(p)
 		if err != nil {
 			if _, serr := os.Lstat(p); serr == nil {
@@ -271,7 +296,9 @@ func readCgroups() []string {
 	return out
 }
 
-func snapshotHost() hostState {
+// snapshotHost reads the machine; dirs are directories of the cluster's own to compare too
+// (its working directory: absent before, and after).
+func snapshotHost(dirs ...string) hostState {
 	return hostState{
 		Sysctls:   readSysctls(),
 		Iptables:  map[string][]string{"iptables": readIptables("iptables"), "ip6tables": readIptables("ip6tables")},
@@ -280,9 +307,28 @@ func snapshotHost() hostState {
 		Links:     readLinks(),
 		Routes:    readRoutes(),
 		Listeners: readListeners(),
-		Paths:     readPaths(),
+		Paths:     readPaths(dirs...),
 		Cgroups:   readCgroups(),
+
+		SharedMemory: readSharedMemory(),
 	}
+}
+
+// readSharedMemory lists /proc/sysvipc/shm ("key shmid perms size cpid lpid nattch ...") as
+// "shmid cpid".
+func readSharedMemory() []string {
+	b, err := os.ReadFile("/proc/sysvipc/shm")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		if f := strings.Fields(l); len(f) >= 7 {
+			out = append(out, f[1]+" "+f[4])
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (h hostState) save(path string) error {
@@ -361,6 +407,12 @@ func leftovers(before, after hostState, ours ownership) []string {
 	for _, c := range added(before.Cgroups, after.Cgroups) {
 		out = append(out, "cgroup left: "+c)
 	}
+	for _, m := range added(before.SharedMemory, after.SharedMemory) {
+		id, pid, _ := strings.Cut(m, " ")
+		if p, err := strconv.Atoi(pid); err == nil && ours.pids[p] {
+			out = append(out, fmt.Sprintf("shared memory segment left: %s (made by pid %s)", id, pid))
+		}
+	}
 	sort.Strings(out)
 	return out
 }
@@ -370,6 +422,7 @@ func summarize(diffs []string) string {
 	kinds := []struct{ name, prefix string }{
 		{"sysctl", "sysctl "}, {"iptables", "iptables "}, {"ip6tables", "ip6tables "}, {"nftables table", "nftables table "}, {"mount", "mount "},
 		{"network interface", "network interface "}, {"route", "route "}, {"socket", "socket "}, {"directory", "/"}, {"cgroup", "cgroup "},
+		{"shared memory segment", "shared memory segment "},
 	}
 	var out []string
 	for _, k := range kinds {
@@ -407,6 +460,8 @@ type ownership struct {
 	bridge   string
 	networks []*net.IPNet
 	ports    []int
+	// pids made what they made (the System V segment of the test's PostgreSQL).
+	pids map[int]bool
 }
 
 func (o ownership) path(p string) bool {
@@ -426,7 +481,10 @@ func (o ownership) link(name string) bool {
 }
 
 func (o ownership) listener(l string) bool {
-	_, addr, _ := strings.Cut(l, " ")
+	proto, addr, _ := strings.Cut(l, " ")
+	if proto == "unix" {
+		return o.path(addr)
+	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return false

@@ -58,8 +58,11 @@ type node struct {
 	ports          map[string]int
 	containerdSock string
 	adminConfig    string
-	lock           net.Listener
-	started        time.Time
+	// ca signs the cluster's certificates (the test's users too); server is the API server's URL.
+	ca      *authority
+	server  string
+	lock    net.Listener
+	started time.Time
 }
 
 func (n *node) path(p ...string) string { return filepath.Join(append([]string{n.dir}, p...)...) }
@@ -85,7 +88,7 @@ func freePort() (int, error) {
 func (n *node) ownership() ownership {
 	_, pods, _ := net.ParseCIDR(podCIDR)
 	_, svcs, _ := net.ParseCIDR(serviceCIDR)
-	o := ownership{dir: n.dir, bridge: bridgeName, networks: []*net.IPNet{pods, svcs}, ports: []int{apiPort, kubeletPort, 10248, 10249, 10256, 10257, 10259}}
+	o := ownership{dir: n.dir, bridge: bridgeName, networks: []*net.IPNet{pods, svcs}, ports: []int{apiPort, kubeletPort, 10248, 10249, 10256, 10257, 10259}, pids: n.postgresPids()}
 	for _, p := range n.ports {
 		o.ports = append(o.ports, p)
 	}
@@ -167,11 +170,11 @@ func newNode(dir, assets string, logf func(string, ...any)) (*node, error) {
 				_ = syscall.Kill(p.Pid, syscall.SIGKILL)
 			}
 		}
-		n.state.Before = old.Before
+		n.state = old // the machine before that run, and what it started (its PostgreSQL's pid)
 		for _, e := range n.restoreHost() {
 			logf("cleaning up the previous run: %v", e)
 		}
-		if left := leftovers(old.Before, snapshotHost(), n.ownership()); len(left) > 0 {
+		if left := leftovers(old.Before, snapshotHost(n.dir), n.ownership()); len(left) > 0 {
 			_ = n.lock.Close()
 			return nil, fmt.Errorf("cleaning up after the previous run left the machine unlike it was before that run: %s", strings.Join(left, "; "))
 		}
@@ -184,11 +187,16 @@ func newNode(dir, assets string, logf func(string, ...any)) (*node, error) {
 		_ = n.lock.Close()
 		return nil, err
 	}
-	n.state = state{Before: snapshotHost()}
+	n.state = state{Before: snapshotHost(n.dir)}
 	for _, d := range []string{"pki", "logs", "etcd", "containerd", "cni/net.d", "cni/networks", "kubelet", "pod-logs", "apiserver", "kcm", "scheduler"} {
 		if err := os.MkdirAll(n.path(d), 0o700); err != nil {
 			return nil, err
 		}
+	}
+	// The PostgreSQL server of the checks runs as the postgres user in a directory of its own
+	// under this one, which it must be able to traverse (and nothing more).
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return nil, err
 	}
 	// The state goes to disk first: from here on a crash leaves what the next run needs.
 	if err := n.saveState(); err != nil {
@@ -211,6 +219,11 @@ func argsOf(pid int) string {
 // start runs a component in a process group of its own (Ctrl-C reaches the test alone, which
 // stops the components in order), logging to logs/NAME.log. It dies with the test (SIGKILL).
 func (n *node) start(name, bin string, args ...string) (*proc, error) {
+	return n.startAs(name, nil, bin, args...)
+}
+
+// startAs is start as another user (cred; nil: root).
+func (n *node) startAs(name string, cred *syscall.Credential, bin string, args ...string) (*proc, error) {
 	logPath := n.path("logs", name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -219,7 +232,7 @@ func (n *node) start(name, bin string, args ...string) (*proc, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = n.dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 	if err := cmd.Start(); err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
@@ -257,6 +270,11 @@ func tail(path string, lines int) string {
 
 // stop sends SIGTERM, then SIGKILL after grace.
 func (n *node) stop(name string, grace time.Duration) {
+	n.stopWith(name, syscall.SIGTERM, grace)
+}
+
+// stopWith sends sig, then SIGKILL after grace.
+func (n *node) stopWith(name string, sig syscall.Signal, grace time.Duration) {
 	p := n.procs[name]
 	if p == nil {
 		return
@@ -267,11 +285,11 @@ func (n *node) stop(name string, grace time.Duration) {
 		return
 	default:
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Process.Signal(sig)
 	select {
 	case <-p.done:
 	case <-time.After(grace):
-		n.logf("%s did not stop within %s of SIGTERM: killing it", name, grace)
+		n.logf("%s did not stop within %s of %s: killing it", name, grace, sig)
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
@@ -415,6 +433,15 @@ func (n *node) restoreHost() []error {
 	}
 	if left := clusterProcesses(n.dir); len(left) > 0 {
 		note(fmt.Errorf("processes of the cluster still run: %v", left))
+	}
+	// The System V shared memory segment of the test's PostgreSQL server: its fast shutdown
+	// removes it; a server that was killed leaves it.
+	for _, id := range sysvSegmentsOf(n.postgresPids()) {
+		if _, err := run("ipcrm", "-m", id); err != nil {
+			note(err)
+		} else {
+			n.logf("removed the shared memory segment %s that PostgreSQL left", id)
+		}
 	}
 
 	// Mounts under the cluster's paths, deepest first.

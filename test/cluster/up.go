@@ -75,6 +75,7 @@ func (n *node) up(ctx context.Context, images []string) (kubernetes.Interface, e
 		}
 	}
 	n.adminConfig = kc["admin"]
+	n.ca, n.server = ca, server
 	done()
 
 	done = step("network (bridge " + bridgeName + " " + nodeIP + "/24, services " + serviceCIDR + " routed to it)")
@@ -392,6 +393,9 @@ func (n *node) down(ctx context.Context, cs kubernetes.Interface) {
 	}
 	n.stop("kubelet", 20*time.Second)
 	n.stop("kube-proxy", 10*time.Second)
+	// The history database of the PostgreSQL install, once its clients are gone: a fast
+	// shutdown (SIGINT), which removes its socket, lock file and shared memory.
+	n.stopPostgres()
 	if _, err := os.Stat(filepath.Join(n.assets, "kube-proxy")); err == nil {
 		if out, err := run(filepath.Join(n.assets, "kube-proxy"), "--cleanup"); err != nil {
 			n.logf("kube-proxy --cleanup: %v\n%s", err, out)
