@@ -108,12 +108,7 @@ func TestRetryAfterDelaysNextAttempt(t *testing.T) {
 		g.Eventually(func(g Gomega) {
 			g.Expect(getDelivery(g, ns, tc.name).Status.Phase).To(Equal(webhooksv1alpha1.PhaseSucceeded))
 		}).WithTimeout(15 * time.Second).Should(Succeed())
-		at := tc.rcv.Arrivals()
-		g.Expect(at).To(HaveLen(2))
-		gap := at[1].Sub(at[0])
-		t.Logf("%s: second attempt %s after the first", tc.name, gap)
-		g.Expect(gap).To(BeNumerically(">=", tc.min))
-		g.Expect(gap).To(BeNumerically("<", tc.max))
+		expectSecondAttemptAfter(t, g, tc.name, tc.rcv, tc.min, tc.max)
 	}
 }
 
@@ -164,4 +159,16 @@ func TestCABundleRef(t *testing.T) {
 		g.Expect(condition(got.Status.Conditions, webhooksv1alpha1.ConditionReady).Message).To(ContainSubstring(`no key "tls.crt"`))
 	}).WithTimeout(15 * time.Second).Should(Succeed())
 	g.Expect(srv.Count()).To(Equal(1), "only the endpoint that trusts the CA got through")
+}
+
+// expectSecondAttemptAfter checks that rcv got exactly two attempts of delivery name, the second
+// at least min and less than max after the first.
+func expectSecondAttemptAfter(t *testing.T, g Gomega, name string, rcv *testreceiver.Receiver, minGap, maxGap time.Duration) {
+	t.Helper()
+	at := rcv.Arrivals()
+	g.Expect(at).To(HaveLen(2))
+	gap := at[1].Sub(at[0])
+	t.Logf("%s: second attempt %s after the first", name, gap)
+	g.Expect(gap).To(BeNumerically(">=", minGap))
+	g.Expect(gap).To(BeNumerically("<", maxGap))
 }

@@ -2,8 +2,6 @@ package actions_test
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"os"
 	"strings"
 	"testing"
@@ -12,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -26,19 +23,7 @@ var st *stack.Stack
 // The settings page's saves against a real API server (the CRD's validation, dry runs, owner
 // references) with the operator running, so that an endpoint saved here becomes Ready.
 func TestMain(m *testing.M) {
-	klog.SetOutput(io.Discard)
-	klog.LogToStderr(false)
-	s, err := stack.Start(stack.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	st = s
-	code := m.Run()
-	if err := s.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "stopping the stack:", err)
-	}
-	os.Exit(code)
+	os.Exit(stack.Run(m, stack.Options{}, &st))
 }
 
 func adminClient(t *testing.T) *actions.Client {

@@ -5,26 +5,16 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr/testr"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	"sigs.k8s.io/kustomize/api/krusty"
-	"sigs.k8s.io/kustomize/kyaml/filesys"
-	"sigs.k8s.io/yaml"
 
 	historyv1alpha1 "github.com/docrouter/webhook-operator/api/history/v1alpha1"
 	"github.com/docrouter/webhook-operator/internal/aggregation"
@@ -32,6 +22,7 @@ import (
 	"github.com/docrouter/webhook-operator/internal/history/historytest"
 	"github.com/docrouter/webhook-operator/internal/historyapi"
 	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/install"
 )
 
 var env *testenv.Env
@@ -69,8 +60,8 @@ var engines = []struct {
 
 // The install's names, as config/default makes them.
 const (
-	installNamespace = "docrouter-system"
-	operatorSA       = "webhook-operator-controller-manager"
+	installNamespace = install.Namespace
+	operatorSA       = install.ServiceAccount
 )
 
 var (
@@ -92,55 +83,7 @@ func installRBAC(t *testing.T) *rest.Config {
 }
 
 func doInstallRBAC() (*rest.Config, error) {
-	ctx := context.Background()
-	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	resmap, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join(testenv.RepoRoot(), "config", "default"))
-	if err != nil {
-		return nil, fmt.Errorf("rendering config/default: %w", err)
-	}
-	dyn, err := dynamic.NewForConfig(env.Config)
-	if err != nil {
-		return nil, err
-	}
-	kinds := map[string]string{
-		"Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles",
-		"ClusterRoleBinding": "clusterrolebindings", "Role": "roles", "RoleBinding": "rolebindings",
-	}
-	for _, kind := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} {
-		for _, r := range resmap.Resources() {
-			if r.GetKind() != kind {
-				continue
-			}
-			y, err := r.AsYAML()
-			if err != nil {
-				return nil, err
-			}
-			u := &unstructured.Unstructured{}
-			if err := yaml.Unmarshal(y, &u.Object); err != nil {
-				return nil, err
-			}
-			gvr := u.GroupVersionKind().GroupVersion().WithResource(kinds[kind])
-			var ri dynamic.ResourceInterface = dyn.Resource(gvr)
-			if ns := u.GetNamespace(); ns != "" {
-				ri = dyn.Resource(gvr).Namespace(ns)
-			}
-			if _, err := ri.Create(ctx, u, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-				return nil, fmt.Errorf("applying %s %s: %w", kind, u.GetName(), err)
-			}
-		}
-	}
-	cs, err := kubernetes.NewForConfig(env.Config)
-	if err != nil {
-		return nil, err
-	}
-	tok, err := cs.CoreV1().ServiceAccounts(installNamespace).CreateToken(ctx, operatorSA,
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](6 * 3600)}}, metav1.CreateOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("a token for the operator's ServiceAccount: %w", err)
-	}
-	cfg := &rest.Config{Host: env.Config.Host, BearerToken: tok.Status.Token, QPS: -1}
-	cfg.CAData = env.Config.CAData
-	return cfg, nil
+	return install.RBAC(context.Background(), env.Config)
 }
 
 // api is a history API server running against a store, registered with the API server.

@@ -3,8 +3,6 @@ package plugin_test
 import (
 	"bytes"
 	"context"
-	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,7 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -38,23 +35,11 @@ var st *stack.Stack
 // it. Failed deliveries leave etcd 2 s after they are archived, so that retrying one that left
 // is tested against the operator itself.
 func TestMain(m *testing.M) {
-	klog.SetOutput(io.Discard) // the history API's server logs through klog
-	klog.LogToStderr(false)
 	opts := stack.TestOptions()
 	opts.FailedRetention = 2 * time.Second
 	opts.SucceededRetention = time.Hour
 	opts.RetentionSweepInterval = 500 * time.Millisecond
-	s, err := stack.Start(stack.Options{Operator: &opts})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	st = s
-	code := m.Run()
-	if err := s.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "stopping the stack:", err)
-	}
-	os.Exit(code)
+	os.Exit(stack.Run(m, stack.Options{Operator: &opts}, &st))
 }
 
 // admin is a kubeconfig of a cluster administrator (system:masters), written once.

@@ -31,7 +31,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
@@ -47,22 +46,10 @@ var st *stack.Stack
 // Failed deliveries leave etcd 3 s after they are archived, so that the Retry the test clicks
 // re-creates one from its history record through the operator itself.
 func TestMain(m *testing.M) {
-	klog.SetOutput(io.Discard)
-	klog.LogToStderr(false)
 	opts := stack.TestOptions()
 	opts.FailedRetention = 3 * time.Second
 	opts.RetentionSweepInterval = 500 * time.Millisecond
-	s, err := stack.Start(stack.Options{Operator: &opts})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	st = s
-	code := m.Run()
-	if err := s.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "stopping the stack:", err)
-	}
-	os.Exit(code)
+	os.Exit(stack.Run(m, stack.Options{Operator: &opts}, &st))
 }
 
 // chromium finds Debian's Chromium, or fails the test with how to install it: a missing

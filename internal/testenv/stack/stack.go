@@ -12,22 +12,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -35,9 +35,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/kustomize/api/krusty"
-	"sigs.k8s.io/kustomize/kyaml/filesys"
-	"sigs.k8s.io/yaml"
 
 	historyv1alpha1 "github.com/docrouter/webhook-operator/api/history/v1alpha1"
 	"github.com/docrouter/webhook-operator/controllers"
@@ -45,13 +42,11 @@ import (
 	"github.com/docrouter/webhook-operator/internal/history"
 	"github.com/docrouter/webhook-operator/internal/historyapi"
 	"github.com/docrouter/webhook-operator/internal/testenv"
+	"github.com/docrouter/webhook-operator/internal/testenv/install"
 )
 
-// The install's names, as config/default makes them.
-const (
-	InstallNamespace = "docrouter-system"
-	operatorSA       = "webhook-operator-controller-manager"
-)
+// InstallNamespace is the install's namespace, as config/default makes it.
+const InstallNamespace = install.Namespace
 
 // Stack is the running operator and its control plane.
 type Stack struct {
@@ -122,7 +117,7 @@ func (s *Stack) start() error {
 	if s.Store, err = history.Open(openCtx, "sqlite://"+filepath.Join(dir, "history.db"), history.Options{}); err != nil {
 		return fmt.Errorf("opening the history store: %w", err)
 	}
-	operatorCfg, err := installRBAC(ctx, s.Env.Config)
+	operatorCfg, err := install.RBAC(ctx, s.Env.Config)
 	if err != nil {
 		return err
 	}
@@ -229,6 +224,25 @@ func (s *Stack) Stop() error {
 	return errors.Join(errs...)
 }
 
+// Run is a test binary's TestMain with a stack: it starts one with opts into *st, runs the
+// tests and stops it, returning the exit code. The history API's server logs through klog,
+// which is silenced.
+func Run(m *testing.M, opts Options, st **Stack) int {
+	klog.SetOutput(io.Discard)
+	klog.LogToStderr(false)
+	s, err := Start(opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	*st = s
+	code := m.Run()
+	if err := s.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "stopping the stack:", err)
+	}
+	return code
+}
+
 // User is a person the API server knows by a client certificate (envtest signs it with the
 // cluster's client CA), with a kubeconfig of their own.
 type User struct {
@@ -269,58 +283,4 @@ func (s *Stack) Bind(ctx context.Context, namespace, user, clusterRole string) e
 		return err
 	}
 	return nil
-}
-
-// installRBAC applies the install's namespace, ServiceAccount and RBAC from config/default (as
-// kubectl apply -k would) and returns a client configuration of the operator's ServiceAccount:
-// the history API then runs with exactly the permissions the install grants.
-func installRBAC(ctx context.Context, admin *rest.Config) (*rest.Config, error) {
-	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	resmap, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join(testenv.RepoRoot(), "config", "default"))
-	if err != nil {
-		return nil, fmt.Errorf("rendering config/default: %w", err)
-	}
-	dyn, err := dynamic.NewForConfig(admin)
-	if err != nil {
-		return nil, err
-	}
-	kinds := map[string]string{
-		"Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles",
-		"ClusterRoleBinding": "clusterrolebindings", "Role": "roles", "RoleBinding": "rolebindings",
-	}
-	for _, kind := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} {
-		for _, r := range resmap.Resources() {
-			if r.GetKind() != kind {
-				continue
-			}
-			y, err := r.AsYAML()
-			if err != nil {
-				return nil, err
-			}
-			u := &unstructured.Unstructured{}
-			if err := yaml.Unmarshal(y, &u.Object); err != nil {
-				return nil, err
-			}
-			gvr := u.GroupVersionKind().GroupVersion().WithResource(kinds[kind])
-			var ri dynamic.ResourceInterface = dyn.Resource(gvr)
-			if ns := u.GetNamespace(); ns != "" {
-				ri = dyn.Resource(gvr).Namespace(ns)
-			}
-			if _, err := ri.Create(ctx, u, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-				return nil, fmt.Errorf("applying %s %s: %w", kind, u.GetName(), err)
-			}
-		}
-	}
-	cs, err := kubernetes.NewForConfig(admin)
-	if err != nil {
-		return nil, err
-	}
-	tok, err := cs.CoreV1().ServiceAccounts(InstallNamespace).CreateToken(ctx, operatorSA,
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](6 * 3600)}}, metav1.CreateOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("a token for the operator's ServiceAccount: %w", err)
-	}
-	cfg := &rest.Config{Host: admin.Host, BearerToken: tok.Status.Token, QPS: -1}
-	cfg.CAData = admin.CAData
-	return cfg, nil
 }
