@@ -371,3 +371,51 @@ func TestFormReceiverFields(t *testing.T) {
 	}
 }
 
+// Throttling reads "Throttled: N waiting until <clock time> (in …)", with the Throttled
+// condition's sentence; an endpoint that waits for nothing says nothing. A rate limit reads in
+// words with the interval it makes.
+func TestThrottledAndRateText(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	ep := &webhooksv1alpha1.WebhookEndpoint{}
+	if got := throttledOf(ep, now, time.UTC); got.Text != "" {
+		t.Errorf("not throttled: %q", got.Text)
+	}
+	ep.Status.ThrottledDeliveries = 3
+	ep.Status.ThrottledUntil = &metav1.Time{Time: now.Add(2*time.Minute + 5*time.Second)}
+	ep.Status.Conditions = []metav1.Condition{{Type: webhooksv1alpha1.ConditionThrottled, Status: metav1.ConditionTrue, Message: "3 deliveries wait for their turn"}}
+	if got := throttledOf(ep, now, time.UTC); got.Text != "Throttled: 3 waiting until 12:02:05 (in 2m5s)" || got.Title != "3 deliveries wait for their turn" {
+		t.Errorf("throttled: %+v", got)
+	}
+	ep.Status.ThrottledUntil = &metav1.Time{Time: now.Add(50 * time.Hour)}
+	if got := throttledOf(ep, now, time.UTC); got.Text != "Throttled: 3 waiting until 2026-12-03 14:00 (in 2d2h)" {
+		t.Errorf("throttled for days: %q", got.Text)
+	}
+	for rl, want := range map[*webhooksv1alpha1.RateLimit]string{
+		nil:           "none",
+		{Requests: 1}: "1 request per 1s",
+		{Requests: 5}: "5 requests per 1s, one every 200ms",
+		{Requests: 5, PeriodSeconds: ptr.To[int32](60)}:   "5 requests per 1m, one every 12s",
+		{Requests: 2, PeriodSeconds: ptr.To[int32](3)}:    "2 requests per 3s, one every 1.5s",
+		{Requests: 3, PeriodSeconds: ptr.To[int32](3600)}: "3 requests per 1h, one every 20m",
+	} {
+		if got := rateText(rl); got != want {
+			t.Errorf("rateText(%+v) = %q, want %q", rl, got, want)
+		}
+	}
+}
+
+// An endpoint whose filter does not compile is badged with the reason, and its message (the
+// compiler's, which points at a column) keeps its lines.
+func TestInvalidFilterStatus(t *testing.T) {
+	ep := &actions.Endpoint{}
+	ep.Status.Conditions = []metav1.Condition{{Type: webhooksv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: webhooksv1alpha1.ReasonInvalidFilter,
+		Message: "no event is delivered to this endpoint until spec.filter is fixed or removed. spec.filter is not a valid CEL expression over the event: ERROR: spec.filter:1:8: ...\n | event.x\n | .......^"}}
+	st := endpointStatus(ep)
+	if st.Label != "InvalidFilter" || st.Class != "bad" || !st.Pre || !strings.HasPrefix(st.Title, "No event is delivered") || !strings.HasSuffix(st.Title, "\n | .......^") {
+		t.Errorf("an invalid filter's status: %+v", st)
+	}
+	ep.Status.Conditions[0].Reason = webhooksv1alpha1.ReasonSecretNotFound
+	if st := endpointStatus(ep); st.Pre {
+		t.Errorf("only a filter's message is shown as the compiler wrote it: %+v", st)
+	}
+}
