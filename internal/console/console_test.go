@@ -344,7 +344,7 @@ func TestFormReceiverFields(t *testing.T) {
 		t.Errorf("0 requests goes to the API server: %+v %v", set.RateLimit, err)
 	}
 	for v, want := range map[string]string{
-		"ratePeriod=60":               "Rate limit: enter how many requests per period too, or leave both empty for no rate limit",
+		"ratePeriod=60":               "a rate limit needs its requests as well as its period: enter how many requests per period, or leave both empty for no rate limit",
 		"rateRequests=five":           "Rate limit: enter a whole number, or leave it empty for no rate limit",
 		"maxInFlight=1.5":             "Max in flight: enter a whole number, or leave it empty for the default",
 		"rateRequests=1&ratePeriod=x": "Rate limit period: enter a whole number, or leave it empty for the default",

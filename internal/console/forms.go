@@ -1,6 +1,7 @@
 package console
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -204,7 +205,7 @@ func parseForm(r *http.Request, edit bool) (actions.EndpointSettings, *endpointF
 	}
 	set.Value = v.Get("secretValue")
 	if f.RatePeriod != "" && f.RateRequests == "" {
-		return set, f, fmt.Errorf("Rate limit: enter how many requests per period too, or leave both empty for no rate limit")
+		return set, f, errors.New("a rate limit needs its requests as well as its period: enter how many requests per period, or leave both empty for no rate limit")
 	}
 	var rate webhooksv1alpha1.RateLimit
 	var requests *int32
