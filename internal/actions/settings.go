@@ -53,6 +53,14 @@ type EndpointSettings struct {
 	// TimeoutSeconds and the retry policy's fields: nil keeps the operator's default.
 	TimeoutSeconds *int32
 	RetryPolicy    webhooksv1alpha1.RetryPolicy
+	// Filter is spec.filter, a CEL expression over the event; empty: every event of
+	// EventTypes. The operator compiles it: one that does not compile is saved, and the endpoint
+	// shows Ready=False with reason InvalidFilter.
+	Filter string
+	// RateLimit is spec.rateLimit; nil: no rate limit.
+	RateLimit *webhooksv1alpha1.RateLimit
+	// MaxInFlight is spec.maxInFlight; nil: the operator's --max-in-flight-per-endpoint.
+	MaxInFlight *int32
 
 	Auth AuthMode
 	// Source of the secret: for AuthSignature the signing key, for AuthHeader the value.
@@ -206,6 +214,7 @@ func apply(ep *webhooksv1alpha1.WebhookEndpoint, s EndpointSettings) {
 	spec.EventTypes = s.EventTypes
 	spec.AllowInsecureHTTP = s.AllowInsecureHTTP
 	spec.TimeoutSeconds = s.TimeoutSeconds
+	spec.Filter, spec.RateLimit, spec.MaxInFlight = s.Filter, s.RateLimit, s.MaxInFlight
 	spec.SignatureScheme = webhooksv1alpha1.SignatureScheme(s.SignatureScheme)
 	if s.SignatureScheme == string(webhooksv1alpha1.SignatureSchemeDocRouter) {
 		spec.SignatureScheme = ""

@@ -208,3 +208,116 @@ func TestUpdateEndpoint(t *testing.T) {
 		t.Errorf("keeping a header the endpoint does not have: %v", err)
 	}
 }
+
+// The receiver's settings of issue 13 are saved as typed: a filter, a rate limit and max in
+// flight; a filter that does not compile is saved and the operator says so on the endpoint
+// (Ready=False, InvalidFilter, with the compiler's message); an edit without them removes them.
+func TestSaveFilterRateLimitMaxInFlight(t *testing.T) {
+	ctx := context.Background()
+	ns := st.Env.Namespace(t)
+	c := adminClient(t)
+	filter := "event.organization_id == \"org-1\" &&\n  \"invoices\" in event.document.tag_ids"
+	s := actions.EndpointSettings{Name: "crm", URL: "https://hooks.example.com/", EventTypes: []string{"llm.completed"}, Auth: actions.AuthNone,
+		Filter: filter, RateLimit: &webhooksv1alpha1.RateLimit{Requests: 5, PeriodSeconds: ptr.To[int32](60)}, MaxInFlight: ptr.To[int32](2)}
+	res, err := c.CreateEndpoint(ctx, ns, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := &webhooksv1alpha1.WebhookEndpoint{}
+	if err := st.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "crm"}, ep); err != nil {
+		t.Fatal(err)
+	}
+	if ep.Spec.Filter != filter || ep.Spec.RateLimit == nil || ep.Spec.RateLimit.Requests != 5 || ptr.Deref(ep.Spec.RateLimit.PeriodSeconds, 0) != 60 || ptr.Deref(ep.Spec.MaxInFlight, 0) != 2 {
+		t.Errorf("the endpoint made: filter %q, rate limit %+v, max in flight %v", ep.Spec.Filter, ep.Spec.RateLimit, ep.Spec.MaxInFlight)
+	}
+	ready(t, ns, "crm")
+
+	// Requests alone: the period is the CRD's default (unset); a filter that does not compile.
+	s.Filter, s.RateLimit, s.MaxInFlight = "event.organization_id ==", &webhooksv1alpha1.RateLimit{Requests: 1}, nil
+	if _, err := c.UpdateEndpoint(ctx, ns, "crm", res.Endpoint.Generation, s); err != nil {
+		t.Fatal(err)
+	}
+	cond := eventuallyReady(t, ns, "crm", func(c metav1.Condition) bool { return c.Reason == webhooksv1alpha1.ReasonInvalidFilter })
+	if cond.Status != metav1.ConditionFalse || !strings.Contains(cond.Message, "spec.filter is not a valid CEL expression over the event") {
+		t.Errorf("an invalid filter: Ready %s %s: %s", cond.Status, cond.Reason, cond.Message)
+	}
+	if err := st.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "crm"}, ep); err != nil {
+		t.Fatal(err)
+	}
+	if ep.Spec.RateLimit == nil || ep.Spec.RateLimit.Requests != 1 || ep.Spec.RateLimit.PeriodSeconds != nil || ep.Spec.MaxInFlight != nil {
+		t.Errorf("after the edit: rate limit %+v, max in flight %v", ep.Spec.RateLimit, ep.Spec.MaxInFlight)
+	}
+
+	// An edit with the fields empty removes them; the endpoint is Ready again.
+	s.Filter, s.RateLimit = "", nil
+	if _, err := c.UpdateEndpoint(ctx, ns, "crm", 0, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "crm"}, ep); err != nil {
+		t.Fatal(err)
+	}
+	if ep.Spec.Filter != "" || ep.Spec.RateLimit != nil || ep.Spec.MaxInFlight != nil {
+		t.Errorf("emptied fields stay: %+v", ep.Spec)
+	}
+	ready(t, ns, "crm")
+}
+
+// The CRD's bounds of the new fields refuse a save before anything is made, with the API
+// server's sentence: no endpoint and no Secret.
+func TestRefusedReceiverSettings(t *testing.T) {
+	ctx := context.Background()
+	ns := st.Env.Namespace(t)
+	c := adminClient(t)
+	before := len(secrets(t, ns))
+	base := actions.EndpointSettings{URL: "https://hooks.example.com/", EventTypes: []string{"*"}, Auth: actions.AuthSignature, Source: actions.SecretGenerate}
+	for _, r := range []struct {
+		name string
+		edit func(*actions.EndpointSettings)
+		want string
+	}{
+		{"no-requests", func(s *actions.EndpointSettings) { s.RateLimit = &webhooksv1alpha1.RateLimit{Requests: 0} },
+			"spec.rateLimit.requests: Invalid value: 0: spec.rateLimit.requests in body should be greater than or equal to 1"},
+		{"long-period", func(s *actions.EndpointSettings) {
+			s.RateLimit = &webhooksv1alpha1.RateLimit{Requests: 1, PeriodSeconds: ptr.To[int32](86401)}
+		}, "spec.rateLimit.periodSeconds in body should be less than or equal to 86400"},
+		{"no-flight", func(s *actions.EndpointSettings) { s.MaxInFlight = ptr.To[int32](0) },
+			"spec.maxInFlight in body should be greater than or equal to 1"},
+		{"long-filter", func(s *actions.EndpointSettings) { s.Filter = "true || " + strings.Repeat("true || ", 520) + "true" },
+			"spec.filter: Too long: may not be more than 4096"},
+	} {
+		s := base
+		s.Name = r.name
+		r.edit(&s)
+		_, err := c.CreateEndpoint(ctx, ns, s)
+		if !apierrors.IsInvalid(err) || !strings.Contains(actions.Sentence(err), r.want) {
+			t.Errorf("%s: want the API server's sentence %q, got %v", r.name, r.want, err)
+		}
+		if err := st.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: r.name}, &webhooksv1alpha1.WebhookEndpoint{}); !apierrors.IsNotFound(err) {
+			t.Errorf("%s: the refused endpoint exists (%v)", r.name, err)
+		}
+	}
+	if after := len(secrets(t, ns)); after != before {
+		t.Errorf("refused endpoints left %d Secrets behind", after-before)
+	}
+}
+
+// eventuallyReady waits for the endpoint's Ready condition of its current generation to match.
+func eventuallyReady(t *testing.T, ns, name string, match func(metav1.Condition) bool) metav1.Condition {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ep := &webhooksv1alpha1.WebhookEndpoint{}
+		if err := st.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, ep); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range ep.Status.Conditions {
+			if c.Type == webhooksv1alpha1.ConditionReady && c.ObservedGeneration == ep.Generation && match(c) {
+				return c
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("endpoint %s: Ready does not match within 30s: %+v", name, ep.Status.Conditions)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	historyv1alpha1 "github.com/docrouter/webhook-operator/api/history/v1alpha1"
+	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/internal/actions"
 )
 
@@ -295,5 +296,126 @@ func TestBackStaysOnTheConsole(t *testing.T) {
 		if got := back(r, "/fallback"); got != want {
 			t.Errorf("back %q: %q, want %q", to, got, want)
 		}
+	}
+}
+
+// The endpoint form's new fields: a filter as typed (CRLF line ends and surrounding blanks
+// dropped), a rate limit from its two fields (both empty: none; requests alone: the period's
+// default), max in flight; and an edit's form holds the endpoint's values again.
+func TestFormReceiverFields(t *testing.T) {
+	parse := func(v url.Values) (actions.EndpointSettings, *endpointForm, error) {
+		r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(v.Encode()))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if err := r.ParseForm(); err != nil {
+			t.Fatal(err)
+		}
+		return parseForm(r, true)
+	}
+	base := url.Values{"url": {"https://hooks.example.com/"}, "events": {"llm.completed"}, "auth": {"none"}}
+	with := func(kv ...string) url.Values {
+		v := url.Values{}
+		for k, vs := range base {
+			v[k] = vs
+		}
+		for i := 0; i < len(kv); i += 2 {
+			v.Set(kv[i], kv[i+1])
+		}
+		return v
+	}
+	set, _, err := parse(base)
+	if err != nil || set.Filter != "" || set.RateLimit != nil || set.MaxInFlight != nil {
+		t.Errorf("empty fields: want no filter, rate limit or max in flight, got %q %+v %v (%v)", set.Filter, set.RateLimit, set.MaxInFlight, err)
+	}
+	set, f, err := parse(with("filter", "  event.organization_id == \"org-1\" &&\r\n  \"invoices\" in event.document.tag_ids \r\n", "rateRequests", "5", "maxInFlight", "2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "event.organization_id == \"org-1\" &&\n  \"invoices\" in event.document.tag_ids"; set.Filter != want || f.Filter != want {
+		t.Errorf("filter: %q, want %q", set.Filter, want)
+	}
+	if set.RateLimit == nil || set.RateLimit.Requests != 5 || set.RateLimit.PeriodSeconds != nil || ptr.Deref(set.MaxInFlight, 0) != 2 {
+		t.Errorf("5 requests, no period, 2 in flight: %+v %v", set.RateLimit, set.MaxInFlight)
+	}
+	if set, _, err = parse(with("rateRequests", "100", "ratePeriod", "60")); err != nil || set.RateLimit == nil || set.RateLimit.Requests != 100 || ptr.Deref(set.RateLimit.PeriodSeconds, 0) != 60 {
+		t.Errorf("100 per 60 s: %+v %v", set.RateLimit, err)
+	}
+	// 0 is the API server's to refuse, with the CRD's sentence.
+	if set, _, err = parse(with("rateRequests", "0")); err != nil || set.RateLimit == nil || set.RateLimit.Requests != 0 {
+		t.Errorf("0 requests goes to the API server: %+v %v", set.RateLimit, err)
+	}
+	for v, want := range map[string]string{
+		"ratePeriod=60":               "a rate limit needs its requests as well as its period: enter how many requests per period, or leave both empty for no rate limit",
+		"rateRequests=five":           "Rate limit: enter a whole number, or leave it empty for no rate limit",
+		"maxInFlight=1.5":             "Max in flight: enter a whole number, or leave it empty for the default",
+		"rateRequests=1&ratePeriod=x": "Rate limit period: enter a whole number, or leave it empty for the default",
+	} {
+		q, _ := url.ParseQuery(v)
+		kv := []string{}
+		for k := range q {
+			kv = append(kv, k, q.Get(k))
+		}
+		if _, f, err := parse(with(kv...)); err == nil || err.Error() != want || (q.Has("ratePeriod") && f.RatePeriod != q.Get("ratePeriod")) {
+			t.Errorf("%s: %v, want %q and the typed values kept", v, err, want)
+		}
+	}
+
+	ep := &webhooksv1alpha1.WebhookEndpoint{Spec: webhooksv1alpha1.WebhookEndpointSpec{URL: "https://hooks.example.com/", EventTypes: []string{"*"},
+		Filter: "event.organization_id == \"org-1\"", MaxInFlight: ptr.To[int32](4),
+		RateLimit: &webhooksv1alpha1.RateLimit{Requests: 10, PeriodSeconds: ptr.To[int32](60)}}}
+	if f := formOf(ep); f.Filter != ep.Spec.Filter || f.RateRequests != "10" || f.RatePeriod != "60" || f.MaxInFlight != "4" {
+		t.Errorf("the edit form of an endpoint: filter %q, rate %q per %q, in flight %q", f.Filter, f.RateRequests, f.RatePeriod, f.MaxInFlight)
+	}
+	ep.Spec.RateLimit.PeriodSeconds, ep.Spec.MaxInFlight = nil, nil
+	if f := formOf(ep); f.RateRequests != "10" || f.RatePeriod != "" || f.MaxInFlight != "" {
+		t.Errorf("defaults stay empty in the edit form: rate %q per %q, in flight %q", f.RateRequests, f.RatePeriod, f.MaxInFlight)
+	}
+}
+
+// Throttling reads "Throttled: N waiting until <clock time> (in …)", with the Throttled
+// condition's sentence; an endpoint that waits for nothing says nothing. A rate limit reads in
+// words with the interval it makes.
+func TestThrottledAndRateText(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	ep := &webhooksv1alpha1.WebhookEndpoint{}
+	if got := throttledOf(ep, now, time.UTC); got.Text != "" {
+		t.Errorf("not throttled: %q", got.Text)
+	}
+	ep.Status.ThrottledDeliveries = 3
+	ep.Status.ThrottledUntil = &metav1.Time{Time: now.Add(2*time.Minute + 5*time.Second)}
+	ep.Status.Conditions = []metav1.Condition{{Type: webhooksv1alpha1.ConditionThrottled, Status: metav1.ConditionTrue, Message: "3 deliveries wait for their turn"}}
+	if got := throttledOf(ep, now, time.UTC); got.Text != "Throttled: 3 waiting until 12:02:05 (in 2m5s)" || got.Title != "3 deliveries wait for their turn" {
+		t.Errorf("throttled: %+v", got)
+	}
+	ep.Status.ThrottledUntil = &metav1.Time{Time: now.Add(50 * time.Hour)}
+	if got := throttledOf(ep, now, time.UTC); got.Text != "Throttled: 3 waiting until 2026-12-03 14:00 (in 2d2h)" {
+		t.Errorf("throttled for days: %q", got.Text)
+	}
+	for rl, want := range map[*webhooksv1alpha1.RateLimit]string{
+		nil:           "none",
+		{Requests: 1}: "1 request per 1s",
+		{Requests: 5}: "5 requests per 1s, one every 200ms",
+		{Requests: 5, PeriodSeconds: ptr.To[int32](60)}:   "5 requests per 1m, one every 12s",
+		{Requests: 2, PeriodSeconds: ptr.To[int32](3)}:    "2 requests per 3s, one every 1.5s",
+		{Requests: 3, PeriodSeconds: ptr.To[int32](3600)}: "3 requests per 1h, one every 20m",
+	} {
+		if got := rateText(rl); got != want {
+			t.Errorf("rateText(%+v) = %q, want %q", rl, got, want)
+		}
+	}
+}
+
+// An endpoint whose filter does not compile is badged with the reason, and its message (the
+// compiler's, which points at a column) keeps its lines.
+func TestInvalidFilterStatus(t *testing.T) {
+	ep := &actions.Endpoint{}
+	ep.Status.Conditions = []metav1.Condition{{Type: webhooksv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: webhooksv1alpha1.ReasonInvalidFilter,
+		Message: "no event is delivered to this endpoint until spec.filter is fixed or removed. spec.filter is not a valid CEL expression over the event: ERROR: spec.filter:1:8: ...\n | event.x\n | .......^"}}
+	st := endpointStatus(ep)
+	if st.Label != "InvalidFilter" || st.Class != "bad" || !st.Pre || !strings.HasPrefix(st.Title, "No event is delivered") || !strings.HasSuffix(st.Title, "\n | .......^") {
+		t.Errorf("an invalid filter's status: %+v", st)
+	}
+	ep.Status.Conditions[0].Reason = webhooksv1alpha1.ReasonSecretNotFound
+	if st := endpointStatus(ep); st.Pre {
+		t.Errorf("only a filter's message is shown as the compiler wrote it: %+v", st)
 	}
 }

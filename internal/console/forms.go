@@ -1,6 +1,7 @@
 package console
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -27,6 +28,12 @@ type endpointForm struct {
 	Backoff      string
 	MaxDelay     string
 	Jitter       string
+	// Filter is spec.filter; RateRequests and RatePeriod are spec.rateLimit (both empty: none);
+	// MaxInFlight is spec.maxInFlight (empty: the operator's default).
+	Filter       string
+	RateRequests string
+	RatePeriod   string
+	MaxInFlight  string
 	Auth         string
 	Source       string
 	SecretName   string
@@ -39,8 +46,10 @@ type endpointForm struct {
 	EventTypes  []eventChoice
 	SecretNames []string
 	Defaults    map[string]string
-	Action      string
-	Cancel      string
+	// FilterExample is shown in the empty filter field.
+	FilterExample string
+	Action        string
+	Cancel        string
 	// Error is the API server's answer (or the form's own check) that refused it.
 	Error string
 }
@@ -66,10 +75,14 @@ var formDefaults = map[string]string{
 	"backoff":      fmt.Sprint(webhooksv1alpha1.DefaultBackoffFactor),
 	"maxDelay":     fmt.Sprint(webhooksv1alpha1.DefaultMaxDelaySeconds),
 	"jitter":       fmt.Sprint(webhooksv1alpha1.DefaultJitterPercent),
+	"ratePeriod":   fmt.Sprint(webhooksv1alpha1.DefaultRateLimitPeriodSeconds),
 }
 
+// filterExample is the filter field's placeholder: an expression over the payload's names.
+const filterExample = `event.organization_id == "org-1" && "invoices" in event.document.tag_ids`
+
 func (s *Server) newForm(r *http.Request, f *endpointForm) *endpointForm {
-	f.EventTypes, f.Defaults = eventChoices, formDefaults
+	f.EventTypes, f.Defaults, f.FilterExample = eventChoices, formDefaults, filterExample
 	ctx, cancel := s.ctx(r)
 	defer cancel()
 	if names, err := s.opts.Actions.SecretNames(ctx, r.PathValue("ns")); err == nil {
@@ -112,7 +125,10 @@ func formOf(ep *webhooksv1alpha1.WebhookEndpoint) *endpointForm {
 		Edit: true, Name: ep.Name, Generation: strconv.FormatInt(ep.Generation, 10), URL: ep.Spec.URL,
 		Events: map[string]bool{}, Insecure: ep.Spec.AllowInsecureHTTP, Scheme: string(ep.Spec.GetSignatureScheme()),
 		Timeout: int32Text(ep.Spec.TimeoutSeconds), Auth: string(actions.AuthNone), Source: string(actions.SecretGenerate),
-		SecretKey: actions.SigningSecretKey,
+		SecretKey: actions.SigningSecretKey, Filter: ep.Spec.Filter, MaxInFlight: int32Text(ep.Spec.MaxInFlight),
+	}
+	if rl := ep.Spec.RateLimit; rl != nil {
+		f.RateRequests, f.RatePeriod = strconv.Itoa(int(rl.Requests)), int32Text(rl.PeriodSeconds)
 	}
 	for _, t := range ep.Spec.EventTypes {
 		f.Events[t] = true
@@ -154,7 +170,10 @@ func parseForm(r *http.Request, edit bool) (actions.EndpointSettings, *endpointF
 		Timeout: strings.TrimSpace(v.Get("timeout")), MaxRetries: strings.TrimSpace(v.Get("maxRetries")),
 		InitialDelay: strings.TrimSpace(v.Get("initialDelay")), Backoff: strings.TrimSpace(v.Get("backoff")),
 		MaxDelay: strings.TrimSpace(v.Get("maxDelay")), Jitter: strings.TrimSpace(v.Get("jitter")),
-		Auth: v.Get("auth"), Source: v.Get("source"),
+		Filter:       filterText(v.Get("filter")),
+		RateRequests: strings.TrimSpace(v.Get("rateRequests")), RatePeriod: strings.TrimSpace(v.Get("ratePeriod")),
+		MaxInFlight: strings.TrimSpace(v.Get("maxInFlight")),
+		Auth:        v.Get("auth"), Source: v.Get("source"),
 		SecretName: strings.TrimSpace(v.Get("secretName")), SecretKey: strings.TrimSpace(v.Get("secretKey")),
 		HeaderName:       strings.TrimSpace(v.Get("headerName")),
 		CurrentSignature: v.Get("currentSignature"), CurrentHeader: v.Get("currentHeader"),
@@ -162,7 +181,7 @@ func parseForm(r *http.Request, edit bool) (actions.EndpointSettings, *endpointF
 	set := actions.EndpointSettings{
 		Name: f.Name, URL: f.URL, AllowInsecureHTTP: f.Insecure, SignatureScheme: f.Scheme,
 		Auth: actions.AuthMode(f.Auth), Source: actions.SecretSource(f.Source),
-		SecretName: f.SecretName, SecretKey: f.SecretKey, HeaderName: f.HeaderName,
+		SecretName: f.SecretName, SecretKey: f.SecretKey, HeaderName: f.HeaderName, Filter: f.Filter,
 	}
 	for _, t := range v["events"] {
 		f.Events[t] = true
@@ -185,16 +204,25 @@ func parseForm(r *http.Request, edit bool) (actions.EndpointSettings, *endpointF
 		}
 	}
 	set.Value = v.Get("secretValue")
+	if f.RatePeriod != "" && f.RateRequests == "" {
+		return set, f, errors.New("a rate limit needs its requests as well as its period: enter how many requests per period, or leave both empty for no rate limit")
+	}
+	var rate webhooksv1alpha1.RateLimit
+	var requests *int32
+	const byDefault, noLimit = "the default", "no rate limit"
 	numbers := []struct {
-		label, text string
-		dst         **int32
+		label, text, empty string
+		dst                **int32
 	}{
-		{"Timeout", f.Timeout, &set.TimeoutSeconds},
-		{"Retries", f.MaxRetries, &set.RetryPolicy.MaxRetries},
-		{"First retry after", f.InitialDelay, &set.RetryPolicy.InitialDelaySeconds},
-		{"Backoff factor", f.Backoff, &set.RetryPolicy.BackoffFactor},
-		{"Longest wait", f.MaxDelay, &set.RetryPolicy.MaxDelaySeconds},
-		{"Jitter", f.Jitter, &set.RetryPolicy.JitterPercent},
+		{"Timeout", f.Timeout, byDefault, &set.TimeoutSeconds},
+		{"Retries", f.MaxRetries, byDefault, &set.RetryPolicy.MaxRetries},
+		{"First retry after", f.InitialDelay, byDefault, &set.RetryPolicy.InitialDelaySeconds},
+		{"Backoff factor", f.Backoff, byDefault, &set.RetryPolicy.BackoffFactor},
+		{"Longest wait", f.MaxDelay, byDefault, &set.RetryPolicy.MaxDelaySeconds},
+		{"Jitter", f.Jitter, byDefault, &set.RetryPolicy.JitterPercent},
+		{"Rate limit", f.RateRequests, noLimit, &requests},
+		{"Rate limit period", f.RatePeriod, byDefault, &rate.PeriodSeconds},
+		{"Max in flight", f.MaxInFlight, byDefault, &set.MaxInFlight},
 	}
 	for _, n := range numbers {
 		if n.text == "" {
@@ -202,12 +230,22 @@ func parseForm(r *http.Request, edit bool) (actions.EndpointSettings, *endpointF
 		}
 		i, err := strconv.ParseInt(n.text, 10, 32)
 		if err != nil {
-			return set, f, fmt.Errorf("%s: enter a whole number, or leave it empty for the default", n.label)
+			return set, f, fmt.Errorf("%s: enter a whole number, or leave it empty for %s", n.label, n.empty)
 		}
 		v := int32(i)
 		*n.dst = &v
 	}
+	if requests != nil {
+		rate.Requests = *requests
+		set.RateLimit = &rate
+	}
 	return set, f, nil
+}
+
+// filterText is a filter as typed: the textarea's CRLF line ends become LF, and space around it
+// goes (only blanks: no filter).
+func filterText(s string) string {
+	return strings.TrimSpace(strings.ReplaceAll(s, "\r\n", "\n"))
 }
 
 func (s *Server) createEndpoint(w http.ResponseWriter, r *http.Request, ss *session) {

@@ -14,7 +14,9 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/duration"
 
 	historyv1alpha1 "github.com/docrouter/webhook-operator/api/history/v1alpha1"
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
@@ -28,26 +30,93 @@ const (
 	recentDeliveries  = 8
 )
 
-// Status is an endpoint's badge: a word, its colour, and what it means.
+// Status is an endpoint's badge: a word, its colour, and what it means. Pre keeps the
+// meaning's lines and columns (a filter compiler's message points at the column it means).
 type Status struct {
 	Label, Class, Title string
+	Pre                 bool
 }
 
 func endpointStatus(ep *actions.Endpoint) Status {
 	ready := ep.Ready()
 	switch {
 	case ep.Spec.Paused:
-		return Status{"Paused", "muted", "Deliveries wait until the endpoint is resumed; nothing is dropped."}
+		return Status{Label: "Paused", Class: "muted", Title: "Deliveries wait until the endpoint is resumed; nothing is dropped."}
 	case ep.Status.DisabledSince != nil:
-		return Status{"Disabled", "bad", fmt.Sprintf("Disabled by the operator (%s) %s; its deliveries are parked until it is re-enabled.", ep.Status.DisabledReason, agoText(ep.Status.DisabledSince.Time))}
+		return Status{Label: "Disabled", Class: "bad", Title: fmt.Sprintf("Disabled by the operator (%s) %s; its deliveries are parked until it is re-enabled.", ep.Status.DisabledReason, agoText(ep.Status.DisabledSince.Time))}
 	case ready.Status == metav1.ConditionTrue && ep.Status.FailingSince != nil:
-		return Status{"Failing", "warn", fmt.Sprintf("Every attempt since %s failed (%d in a row).", absTime(ep.Status.FailingSince.Time), ep.Status.ConsecutiveFailures)}
+		return Status{Label: "Failing", Class: "warn", Title: fmt.Sprintf("Every attempt since %s failed (%d in a row).", absTime(ep.Status.FailingSince.Time), ep.Status.ConsecutiveFailures)}
 	case ready.Status == metav1.ConditionTrue:
-		return Status{"Ready", "ok", sentenceCase(ready.Message)}
+		return Status{Label: "Ready", Class: "ok", Title: sentenceCase(ready.Message)}
 	case ready.Status == metav1.ConditionFalse:
-		return Status{ready.Reason, "bad", sentenceCase(ready.Message)}
+		return Status{Label: ready.Reason, Class: "bad", Title: sentenceCase(ready.Message), Pre: ready.Reason == webhooksv1alpha1.ReasonInvalidFilter}
 	}
-	return Status{"Pending", "muted", sentenceCase(ready.Message)}
+	return Status{Label: "Pending", Class: "muted", Title: sentenceCase(ready.Message)}
+}
+
+// throttled says that deliveries of an endpoint wait for their turn under its rate limit, and
+// until when: "Throttled: 3 waiting until 14:03:12 (in 2m)"; empty when none waits. Title is
+// the Throttled condition's sentence.
+type throttled struct {
+	Text, Title string
+}
+
+func throttledOf(ep *webhooksv1alpha1.WebhookEndpoint, now time.Time, loc *time.Location) throttled {
+	n := ep.Status.ThrottledDeliveries
+	if n <= 0 {
+		return throttled{}
+	}
+	t := throttled{Text: fmt.Sprintf("Throttled: %d waiting", n)}
+	if u := ep.Status.ThrottledUntil; u != nil {
+		when := u.In(loc).Format("15:04:05")
+		if d := u.Sub(now); d > 24*time.Hour || d < -24*time.Hour {
+			when = u.In(loc).Format("2006-01-02 15:04")
+		}
+		t.Text += fmt.Sprintf(" until %s (%s)", when, relative(now, u.Time))
+	}
+	if c := meta.FindStatusCondition(ep.Status.Conditions, webhooksv1alpha1.ConditionThrottled); c != nil {
+		t.Title = sentenceCase(c.Message)
+	}
+	return t
+}
+
+// relative is how far t is from now: "in 2m", "5s ago", "now".
+func relative(now, t time.Time) string {
+	d := t.Sub(now).Round(time.Second)
+	switch {
+	case d > 0:
+		return "in " + duration.HumanDuration(d)
+	case d < 0:
+		return duration.HumanDuration(-d) + " ago"
+	}
+	return "now"
+}
+
+// rateText is a rate limit in words: "5 requests per 1m, one every 12s".
+func rateText(rl *webhooksv1alpha1.RateLimit) string {
+	if rl == nil {
+		return "none"
+	}
+	noun := "requests"
+	if rl.Requests == 1 {
+		noun = "request"
+	}
+	text := fmt.Sprintf("%d %s per %s", rl.Requests, noun, durationText(rl.GetPeriod()))
+	if rl.Requests > 1 {
+		text += ", one every " + intervalText(rl.Interval())
+	}
+	return text
+}
+
+// intervalText is a time between two requests: 12s, 1m30s, 200ms, 1.5s.
+func intervalText(d time.Duration) string {
+	if d%time.Second == 0 {
+		return durationText(d)
+	}
+	if d < time.Minute {
+		return d.Round(time.Millisecond).String()
+	}
+	return durationText(d.Round(time.Second))
 }
 
 // endpointView is an endpoint as the endpoints page and its own page show it.
@@ -59,12 +128,20 @@ type endpointView struct {
 	Latency     *Chart
 	LastFailure *time.Time
 	Path        string
+	Throttled   throttled
+	// Rate is the rate limit, short (the endpoints page's chip), and in words.
+	Rate, RateTitle string
 }
 
 func (s *Server) endpointView(ep *actions.Endpoint, window string) endpointView {
 	v := endpointView{Endpoint: ep, Status: endpointStatus(ep), Window: ep.Window(window), Path: nsPath(ep.Namespace, "endpoints", ep.Name)}
 	v.Success = successChart(v.Window, time.Local)
 	v.Latency = latencyChart(v.Window, time.Local)
+	v.Throttled = throttledOf(&ep.WebhookEndpoint, s.opts.Now(), time.Local)
+	if rl := ep.Spec.RateLimit; rl != nil {
+		v.Rate = fmt.Sprintf("rate limit %d/%s", rl.Requests, durationText(rl.GetPeriod()))
+		v.RateTitle = "Rate limit: " + rateText(rl)
+	}
 	if t := ep.Status.LastFailureTime; t != nil {
 		v.LastFailure = &t.Time
 	}
@@ -163,6 +240,11 @@ func settingsOf(ep *webhooksv1alpha1.WebhookEndpoint) (policy, auth []setting) {
 		{Name: "Timeout", Value: durationText(ep.Spec.GetTimeout()) + " per attempt"},
 		{Name: "Retries", Value: fmt.Sprintf("%d after the first attempt", rp.GetMaxRetries())},
 		{Name: "Backoff", Value: fmt.Sprintf("first after %s, then ×%d each time, at most %s apart, +%d%% jitter", durationText(rp.GetInitialDelay()), rp.GetBackoffFactor(), durationText(rp.GetMaxDelay()), rp.GetJitterPercent())},
+		{Name: "Rate limit", Value: rateText(ep.Spec.RateLimit)},
+		{Name: "Max in flight", Value: "the operator's --max-in-flight-per-endpoint (16 unless set otherwise)"},
+	}
+	if n := ep.Spec.MaxInFlight; n != nil {
+		policy[len(policy)-1].Value = fmt.Sprintf("%d requests at once", *n)
 	}
 	switch {
 	case ep.Spec.SigningSecretRef != nil:

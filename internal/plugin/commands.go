@@ -74,7 +74,7 @@ func endpointsCommand(e *env) *cobra.Command {
 			return printEndpoints(e.streams.Out, e.now(), items, output == "wide")
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "", "Output format: wide adds the URL, the event types and the 24 h delivery count.")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "Output format: wide adds the 24 h delivery count, the deliveries waiting under the rate limit (THROTTLED; - without one), the URL and the event types.")
 	return cmd
 }
 
@@ -82,7 +82,7 @@ func printEndpoints(out io.Writer, now time.Time, items []actions.Endpoint, wide
 	w := printers.GetNewTabWriter(out)
 	header := "NAME\tREADY\tREASON\tSUCCESS 24H\tP95 24H\tBACKLOG\tLAST FAILURE\tAGE"
 	if wide {
-		header += "\tDELIVERIES 24H\tURL\tEVENTS"
+		header += "\tDELIVERIES 24H\tTHROTTLED\tURL\tEVENTS"
 	}
 	fmt.Fprintln(w, header)
 	for i := range items {
@@ -102,7 +102,12 @@ func printEndpoints(out io.Writer, now time.Time, items []actions.Endpoint, wide
 		}
 		row := []string{ep.Name, string(ready.Status), ready.Reason, success, p95, backlog, ago(now, lastFailure), age(now, ep.CreationTimestamp.Time)}
 		if wide {
-			row = append(row, count, ep.Spec.URL, strings.Join(ep.Spec.EventTypes, ","))
+			// Deliveries waiting for their turn under spec.rateLimit; "-": no rate limit.
+			throttled := "-"
+			if ep.Spec.RateLimit != nil {
+				throttled = fmt.Sprint(ep.Status.ThrottledDeliveries)
+			}
+			row = append(row, count, throttled, ep.Spec.URL, strings.Join(ep.Spec.EventTypes, ","))
 		}
 		fmt.Fprintln(w, strings.Join(row, "\t"))
 	}

@@ -14,6 +14,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	historyv1alpha1 "github.com/docrouter/webhook-operator/api/history/v1alpha1"
@@ -57,12 +58,23 @@ func TestEndpoints(t *testing.T) {
 		t.Errorf("held: want Paused with no delivery (-), got %v", held)
 	}
 	wide := ok(t, admin(), f.ns, "endpoints", "signed", "-o", "wide")
-	if w := row(t, wide.out, "signed"); w["URL"] != f.receiver.URL+"/hooks" || w["DELIVERIES 24H"] != "3" || w["EVENTS"] != "*" {
-		t.Errorf("-o wide: want the URL, 3 deliveries and the events, got %v", w)
+	if w := row(t, wide.out, "signed"); w["URL"] != f.receiver.URL+"/hooks" || w["DELIVERIES 24H"] != "3" || w["EVENTS"] != "*" || w["THROTTLED"] != "-" {
+		t.Errorf("-o wide: want the URL, 3 deliveries, the events and no rate limit (-), got %v", w)
 	}
 	if strings.Contains(wide.out, "failing") {
 		t.Errorf("endpoints signed listed other endpoints:\n%s", wide.out)
 	}
+	// One request an hour: the first event is sent, the two after it wait for their turn.
+	f.endpoint(t, "limited", "/hooks", func(ep *webhooksv1alpha1.WebhookEndpoint) {
+		ep.Spec.RateLimit = &webhooksv1alpha1.RateLimit{Requests: 1, PeriodSeconds: ptr.To[int32](3600)}
+	})
+	for i := range 3 {
+		create(t, webhooksv1alpha1.NewDelivery(f.ns, "limited", webhooksv1alpha1.Event{ID: fmt.Sprintf("evt-limited-%d", i), Type: "llm.completed", Timestamp: time.Now().Unix()}))
+	}
+	eventually(t, 30*time.Second, "-o wide to count the throttled deliveries", func(context.Context) (bool, error) {
+		w := row(t, ok(t, admin(), f.ns, "endpoints", "limited", "-o", "wide").out, "limited")
+		return w["THROTTLED"] == "2", fmt.Errorf("limited shows THROTTLED %q, want 2", w["THROTTLED"])
+	})
 	if r := run(t, admin(), f.ns, "endpoints", "nosuch"); r.code != 1 || !strings.Contains(r.err, "no WebhookEndpoint named nosuch in namespace "+f.ns) {
 		t.Errorf("endpoints nosuch: want exit 1 and a sentence naming it, got %d %q", r.code, r.err)
 	}

@@ -298,9 +298,13 @@ func create(t *testing.T, objs ...client.Object) {
 	}
 }
 
-func endpoint(ns, name, url string, mutate ...func(*webhooksv1alpha1.WebhookEndpoint)) *webhooksv1alpha1.WebhookEndpoint {
+// namespace is where the test's endpoints live, the namespace the console opens on.
+const namespace = "default"
+
+// endpoint is a WebhookEndpoint of the test's namespace, signed with webhook-secrets' key.
+func endpoint(name, url string, mutate ...func(*webhooksv1alpha1.WebhookEndpoint)) *webhooksv1alpha1.WebhookEndpoint {
 	ep := &webhooksv1alpha1.WebhookEndpoint{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
 		Spec: webhooksv1alpha1.WebhookEndpointSpec{
 			URL: url, EventTypes: []string{"*"}, AllowInsecureHTTP: true,
 			SigningSecretRef: &webhooksv1alpha1.SecretKeyRef{Name: "webhook-secrets", Key: "signing-secret"},
