@@ -129,6 +129,10 @@ func TestBench(t *testing.T) {
 	tab.add("    same, next to a never-answering endpoint", fmt.Sprintf("%.0f/s, p99 %s", mixed.rate, ms(mixed.toReceiver.p(99))),
 		fmt.Sprintf("the fifth endpoint never answers (timeoutSeconds 2); every event fans out to all five in both runs; throughput change %+.1f%%; goal drop < 10%%: %s", -drop*100, met(drop < 0.10)))
 
+	// The history store's rows (history_bench_test.go), before the memory rows fill etcd; the
+	// memory rows' time budget starts after them.
+	budget += historyRows(t, tab)
+
 	// (5, second half) memory with finished deliveries present.
 	tab.add("(5) operator RSS, 0 finished deliveries", mib(rss0.settled), fmt.Sprintf("separate process built from this checkout; peak %s", mib(rss0.peak)))
 	for _, n := range memoryCounts {
@@ -334,6 +338,9 @@ type pipelineRun struct {
 	events     int     // events published
 	publishers int     // goroutines publishing
 	rate       float64 // events per second; 0: as fast as possible
+
+	// operator is how the operator differs from main.go's defaults (a history store).
+	operator []operatorOption
 }
 
 type pipelineResult struct {
@@ -347,24 +354,28 @@ type pipelineResult struct {
 // them: default options, the operator's cache options, the client limits of the manager's
 // flags. The intake serves on loopback, without authentication (a TokenReview per token is
 // cached, so it would change little). It returns a client of the intake.
-func startOperator(t *testing.T, ns string) (stop func(), intakeClient *publish.Client) {
+func startOperator(t *testing.T, ns string, with ...operatorOption) (stop func(), intakeClient *publish.Client) {
 	t.Helper()
-	cfg := rest.CopyConfig(env.Config)
+	o := operatorSettings{env: env, options: controllers.DefaultOptions()}
+	for _, f := range with {
+		f(&o)
+	}
+	cfg := rest.CopyConfig(o.env.Config)
 	cfg.QPS, cfg.Burst = 2000, 4000
-	opts := env.ManagerOptions(ns)
+	opts := o.env.ManagerOptions(ns)
 	opts.Cache = controllers.CacheOptions(opts.Cache)
 	mgr, err := ctrl.NewManager(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	copts := controllers.DefaultOptions()
+	copts := o.options
 	copts.Namespaces = []string{ns} // as the manager's cache
-	op, err := controllers.Setup(ctx, mgr, copts, controllers.Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{})})
+	op, err := controllers.Setup(ctx, mgr, copts, controllers.Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{}), Store: o.store})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(intake.NewHandler(mgr.GetClient(), mgr.GetCache(), intake.Options{AllowAnonymous: true, WorkingSet: op.WorkingSet}))
+	srv := httptest.NewServer(intake.NewHandler(mgr.GetClient(), mgr.GetCache(), intake.Options{AllowAnonymous: true, WorkingSet: op.WorkingSet, Store: o.store}))
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 256
 	intakeClient = &publish.Client{URL: srv.URL, HTTPClient: &http.Client{Transport: tr, Timeout: time.Minute}}
@@ -510,7 +521,7 @@ func runPipeline(t *testing.T, run pipelineRun) pipelineResult {
 	t.Helper()
 	ns, endpoints, rcvs := setupNamespace(t, "pipeline", run.endpoints, run.silent, run.fastFifth)
 	healthy := endpoints[:run.endpoints]
-	stopOperator, intakeClient := startOperator(t, ns)
+	stopOperator, intakeClient := startOperator(t, ns, run.operator...)
 	defer func() {
 		stopOperator()
 		if run.silent || run.fastFifth {
@@ -626,13 +637,16 @@ func later(a, b time.Time) time.Time {
 
 // apiWrites reads the API server's apiserver_request_total and sums the writes (every verb but
 // GET, LIST and WATCH) by resource, for the operator's resources and Events.
-func apiWrites(t *testing.T) map[string]float64 {
+func apiWrites(t *testing.T) map[string]float64 { return apiWritesOf(t, env) }
+
+// apiWritesOf is apiWrites of the control plane e.
+func apiWritesOf(t *testing.T, e *testenv.Env) map[string]float64 {
 	t.Helper()
-	hc, err := rest.HTTPClientFor(env.Config)
+	hc, err := rest.HTTPClientFor(e.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := hc.Get(strings.TrimSuffix(env.Config.Host, "/") + "/metrics")
+	resp, err := hc.Get(strings.TrimSuffix(e.Config.Host, "/") + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
