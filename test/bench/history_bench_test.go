@@ -449,27 +449,47 @@ func sizingRows(t *testing.T, tab *table, pg *historytest.Server) {
 	t.Helper()
 	template := templateRecord(t, pg)
 	n := sizingRecords
-	// SQLite: the database file after Close (which checkpoints the WAL into it).
-	path := filepath.Join(t.TempDir(), "sizing.db")
-	sqlite := openStore(t, "sqlite://"+path)
-	sqliteTook := writeCopies(t, sqlite, template, n)
-	if err := sqlite.Close(); err != nil {
-		t.Fatal(err)
+	// Records with 5 attempts (4 failures before the success), a quarter as many, in another
+	// database: the difference is the cost of an attempt beyond the first.
+	m := max(n/4, 1)
+	const retried = 5
+	perAttempt := func(one, five int64) float64 {
+		return (float64(five)/float64(m) - float64(one)/float64(n)) / (retried - 1)
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab.add("(S) SQLite bytes per delivery record", fmt.Sprintf("%.0f B", float64(fi.Size())/float64(n)),
-		fmt.Sprintf("%d records of a first-try success with its attempt (~1.3 KB event): file %s after Close; written in batches of 500 at %.0f records/s", n, mib(fi.Size()), float64(n)/sqliteTook.Seconds()))
 
-	dsn := pgDatabase(t, pg)
-	postgres := openStore(t, dsn)
-	pgTook := writeCopies(t, postgres, template, n)
-	_ = postgres.Close()
-	total, tables := pgSizes(t, dsn)
+	// SQLite: the database file after Close (which checkpoints the WAL into it).
+	sqliteSize := func(records, attempts int) (int64, time.Duration) {
+		path := filepath.Join(t.TempDir(), "sizing.db")
+		sqlite := openStore(t, "sqlite://"+path)
+		took := writeCopies(t, sqlite, template, records, attempts)
+		if err := sqlite.Close(); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size(), took
+	}
+	size, took := sqliteSize(n, 1)
+	size5, _ := sqliteSize(m, retried)
+	tab.add("(S) SQLite bytes per delivery record", fmt.Sprintf("%.0f B", float64(size)/float64(n)),
+		fmt.Sprintf("%d records of a first-try success with its attempt (~1.3 KB event): file %s after Close; written in batches of 500 at %.0f records/s; each further attempt %.0f B (%d records of %d attempts)",
+			n, mib(size), float64(n)/took.Seconds(), perAttempt(size, size5), m, retried))
+
+	pgSize := func(records, attempts int) (int64, string, time.Duration) {
+		dsn := pgDatabase(t, pg)
+		postgres := openStore(t, dsn)
+		took := writeCopies(t, postgres, template, records, attempts)
+		_ = postgres.Close()
+		total, tables := pgSizes(t, dsn)
+		return total, tables, took
+	}
+	total, tables, took := pgSize(n, 1)
+	total5, _, _ := pgSize(m, retried)
 	tab.add("(S) PostgreSQL bytes per delivery record", fmt.Sprintf("%.0f B", float64(total)/float64(n)),
-		fmt.Sprintf("%d records: pg_total_relation_size of the tables (indexes and TOAST included) %s (%s); written at %.0f records/s", n, mib(total), tables, float64(n)/pgTook.Seconds()))
+		fmt.Sprintf("%d records: pg_total_relation_size of the tables (indexes and TOAST included) %s (%s); written at %.0f records/s; each further attempt %.0f B",
+			n, mib(total), tables, float64(n)/took.Seconds(), perAttempt(total, total5)))
 }
 
 // templateRecord is a record as the operator writes it: one first-try delivery through a
@@ -500,9 +520,10 @@ func templateRecord(t *testing.T, pg *historytest.Server) history.Record {
 	}
 }
 
-// writeCopies writes n copies of r, each its own delivery (name, UID, event id), in batches of
-// 500 as the archiver does, and returns the time taken.
-func writeCopies(t *testing.T, store history.Store, r history.Record, n int) time.Duration {
+// writeCopies writes n copies of r, each its own delivery (name, UID, event id) with attempts
+// attempts (copies of r's first, numbered), in batches of 500 as the archiver does, and returns
+// the time taken.
+func writeCopies(t *testing.T, store history.Store, r history.Record, n, attempts int) time.Duration {
 	t.Helper()
 	began := time.Now()
 	batch := make([]history.Record, 0, 500)
@@ -519,7 +540,12 @@ func writeCopies(t *testing.T, store history.Store, r history.Record, n int) tim
 		c.Event.Document.DocumentName = "invoice-" + c.Event.ID + ".pdf"
 		c.Name = webhooksv1alpha1.DeliveryName(r.Endpoint, c.Event.ID)
 		c.UID = types.UID(fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i))
-		c.Attempts = append([]webhooksv1alpha1.Attempt(nil), r.Attempts...)
+		c.Attempts = make([]webhooksv1alpha1.Attempt, attempts)
+		for a := range attempts {
+			c.Attempts[a] = r.Attempts[0]
+			c.Attempts[a].Number = int32(a + 1)
+		}
+		c.AttemptCount = int32(attempts)
 		batch = append(batch, c)
 		if len(batch) == cap(batch) {
 			flush()
