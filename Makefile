@@ -3,10 +3,14 @@
 # Tool versions, pinned. Tools are installed into ./bin with their version in the name.
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
+# openapi-gen of k8s.io/kube-openapi, the version k8s.io/apiserver v0.37.2 uses (go.mod).
+KUBE_OPENAPI_VERSION ?= v0.0.0-20260721132016-d427ff9ee9ad
 
 LOCALBIN ?= $(shell pwd)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+# In a directory named with its version: the generated files' header names the binary.
+OPENAPI_GEN ?= $(LOCALBIN)/kube-openapi-$(KUBE_OPENAPI_VERSION)/openapi-gen
 
 # Build tags of test suites that `go test ./...` does not run; `make verify` compiles them.
 BUILD_TAGS ?= bench cluster
@@ -40,8 +44,18 @@ manifests: $(CONTROLLER_GEN) ## Generate the CRDs and RBAC role from the Go mark
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd:allowDangerousTypes=false paths="./..." output:crd:artifacts:config=config/crd/bases
 
 .PHONY: generate
-generate: $(CONTROLLER_GEN) ## Generate DeepCopy methods.
+generate: $(CONTROLLER_GEN) $(OPENAPI_GEN) ## Generate DeepCopy methods and the OpenAPI of the history API.
 	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./api/..."
+	@# The history API (an aggregated API served by the operator) publishes its OpenAPI itself,
+	@# for kubectl explain; the API rule violations are listed, so make verify sees new ones.
+	$(OPENAPI_GEN) --output-pkg github.com/docrouter/webhook-operator/api/history/openapi \
+		--output-dir api/history/openapi --output-file zz_generated.openapi.go \
+		--go-header-file hack/boilerplate.go.txt --report-filename api/history/openapi/api_violations.list \
+		--output-model-name-file zz_generated.model_name.go \
+		--readonly-pkg k8s.io/apimachinery/pkg/apis/meta/v1 --readonly-pkg k8s.io/apimachinery/pkg/runtime \
+		--readonly-pkg k8s.io/apimachinery/pkg/version \
+		github.com/docrouter/webhook-operator/api/history/v1alpha1 \
+		k8s.io/apimachinery/pkg/apis/meta/v1 k8s.io/apimachinery/pkg/runtime k8s.io/apimachinery/pkg/version
 
 .PHONY: fmt
 fmt: ## go fmt.
@@ -78,6 +92,15 @@ test: manifests generate fmt vet ## Run every test against a real kube-apiserver
 	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" go test $(GO_TEST_FLAGS) ./...
 	cd hack/image && go test $(GO_TEST_FLAGS) ./...
 
+.PHONY: test-browser
+test-browser: ## The web console in a real browser (Debian's Chromium: apt-get install chromium) against the whole operator, about a minute; make test runs it too.
+	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" go test $(GO_TEST_FLAGS) -timeout 5m -v ./test/browser/
+
+.PHONY: screenshots
+screenshots: ## Run the browser test and keep a screenshot of each console page in docs/console/ (shown by the README and docs/console.md).
+	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" CONSOLE_SCREENSHOTS=docs/console go test -count=1 -timeout 5m -run '^TestConsole$$' ./test/browser/
+	rm -f docs/console/failed.png
+
 .PHONY: test-faults
 test-faults: ## Fault tests on the operator process: SIGKILL mid-attempt, a 30 s API-server outage, leader handover, no credentials in logs, Events, status or metrics (about 5 minutes). See docs/faults.md.
 	KUBEBUILDER_ASSETS="$$($(KUBEBUILDER_ASSETS_CMD))" FAULT_TESTS=1 go test $(GO_TEST_FLAGS) -timeout 20m -v ./test/faults/
@@ -99,6 +122,16 @@ test-cluster: image ## As root: a real single-node cluster (kubelet, containerd,
 .PHONY: build
 build: manifests generate fmt vet ## Build the operator binary into bin/webhook-operator.
 	CGO_ENABLED=0 go build -trimpath -o bin/webhook-operator .
+
+# Where make install-plugin puts kubectl-webhooks: $(PREFIX)/bin, which must be on PATH.
+PREFIX ?= $(shell go env GOPATH)
+
+.PHONY: install-plugin
+install-plugin: build ## Install the kubectl plugin: the operator's binary as PREFIX/bin/kubectl-webhooks (PREFIX: go env GOPATH unless given), so that kubectl webhooks works.
+	install -d '$(PREFIX)/bin'
+	install -m 0755 bin/webhook-operator '$(PREFIX)/bin/kubectl-webhooks'
+	@echo "installed $(PREFIX)/bin/kubectl-webhooks: try kubectl webhooks --help"
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; *) echo "warning: $(PREFIX)/bin is not on your PATH, so kubectl will not find the plugin: export PATH=\"$(PREFIX)/bin:\$$PATH\"" ;; esac
 
 .PHONY: image
 image: ## Build the operator's image without a container engine into $(IMAGE_TAR) (docker load / ctr images import take it).
@@ -134,3 +167,7 @@ $(CONTROLLER_GEN): | $(LOCALBIN)
 $(GOLANGCI_LINT): | $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	mv $(LOCALBIN)/golangci-lint $(GOLANGCI_LINT)
+
+$(OPENAPI_GEN): | $(LOCALBIN)
+	mkdir -p $(dir $(OPENAPI_GEN))
+	GOBIN=$(dir $(OPENAPI_GEN)) go install k8s.io/kube-openapi/cmd/openapi-gen@$(KUBE_OPENAPI_VERSION)

@@ -3,6 +3,10 @@
 //	webhook-operator [manager] [flags]   run the controllers (the default)
 //	webhook-operator receiver [flags]    a sample receiver that verifies and prints webhooks
 //	webhook-operator publish [flags]     publish one event to the intake (see docs/publishing.md)
+//	webhook-operator webhooks ...        the kubectl plugin, as `kubectl webhooks ...`
+//
+// Run under the name kubectl-webhooks (make install-plugin), the binary is the kubectl plugin
+// `kubectl webhooks` (internal/plugin).
 package main
 
 import (
@@ -10,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -33,7 +38,9 @@ import (
 	"github.com/docrouter/webhook-operator/controllers"
 	"github.com/docrouter/webhook-operator/dispatcher"
 	"github.com/docrouter/webhook-operator/internal/history"
+	"github.com/docrouter/webhook-operator/internal/historyapi"
 	"github.com/docrouter/webhook-operator/internal/intake"
+	"github.com/docrouter/webhook-operator/internal/plugin"
 )
 
 var scheme = runtime.NewScheme()
@@ -44,6 +51,10 @@ func init() {
 }
 
 func main() {
+	// Under the plugin's name, kubectl runs it as `kubectl webhooks ARGS`.
+	if strings.TrimSuffix(filepath.Base(os.Args[0]), ".exe") == plugin.Name {
+		os.Exit(plugin.Main(os.Args[1:]))
+	}
 	args := os.Args[1:]
 	cmd := "manager"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
@@ -57,8 +68,10 @@ func main() {
 		err = runReceiver(args)
 	case "publish":
 		err = runPublish(args)
+	case "webhooks":
+		os.Exit(plugin.Main(args))
 	default:
-		err = fmt.Errorf("unknown command %q: want manager", cmd)
+		err = fmt.Errorf("unknown command %q: want manager, receiver, publish or webhooks", cmd)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
@@ -86,9 +99,9 @@ func runManager(args []string) error {
 	fs.DurationVar(&retryPeriod, "leader-elect-retry-period", 2*time.Second, "How often replicas try to acquire or renew the Lease.")
 	fs.Float64Var(&qps, "kube-api-qps", 2000, "Requests per second to the API server (client-side limit). Every delivery costs about two writes.")
 	fs.IntVar(&burst, "kube-api-burst", 4000, "Burst of requests to the API server above kube-api-qps.")
-	fs.IntVar(&opts.Workers, "workers", opts.Workers, "Deliveries reconciled at once. An attempt waiting for its receiver holds no worker: --max-in-flight bounds those.")
+	fs.IntVar(&opts.Workers, "workers", opts.Workers, "Deliveries reconciled at once, and attempts writing their status at once (attempts to slow receivers end in waves; this keeps their writes to the API server bounded). An attempt waiting for its receiver holds neither: --max-in-flight bounds those.")
 	fs.IntVar(&opts.MaxInFlight, "max-in-flight", opts.MaxInFlight, "Attempts in flight at most, to all endpoints together (each holds a goroutine and its request and response buffers until the receiver answers or times out). 0: no limit.")
-	fs.IntVar(&opts.MaxInFlightPerEndpoint, "max-in-flight-per-endpoint", opts.MaxInFlightPerEndpoint, "Attempts in flight to one endpoint at most, so that a slow or silent receiver cannot take the slots of the others. 0: no limit.")
+	fs.IntVar(&opts.MaxInFlightPerEndpoint, "max-in-flight-per-endpoint", opts.MaxInFlightPerEndpoint, "Attempts in flight to one endpoint at most, so that a slow or silent receiver cannot take the slots of the others; an endpoint's spec.maxInFlight overrides it. 0: no limit.")
 	fs.DurationVar(&opts.SecretTTL, "secret-ttl", opts.SecretTTL, "How long a Secret read is reused; a changed Secret is used within this time.")
 	fs.DurationVar(&opts.WaitRetryInterval, "wait-retry-interval", opts.WaitRetryInterval, "How often a delivery waiting for a missing endpoint or Secret looks again.")
 	fs.DurationVar(&opts.HealthUpdateInterval, "health-update-interval", opts.HealthUpdateInterval, "Least time between two writes of an endpoint's delivery health to its status.")
@@ -117,6 +130,8 @@ func runManager(args []string) error {
 		intakeOpts.Audiences = append(intakeOpts.Audiences, v)
 		return nil
 	})
+	historyAPI := historyapi.DefaultOptions()
+	historyAPI.AddFlags(fs)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -171,7 +186,7 @@ func runManager(args []string) error {
 		if store, err = history.Open(ctx, dsn, history.Options{}); err != nil {
 			return fmt.Errorf("--history-database %s: %w", history.RedactDSN(dsn), err)
 		}
-		defer store.Close()
+		defer func() { _ = store.Close() }() // on the way out: nothing is left to write
 		ctrl.Log.Info("history store opened", "database", history.RedactDSN(dsn), "engine", store.Engine())
 	} else {
 		ctrl.Log.Info("no history store (--history-database is empty): finished deliveries leave etcd without a record, and events beyond the working set are refused")
@@ -191,6 +206,10 @@ func runManager(args []string) error {
 		if err := mgr.Add(&intakeSrv); err != nil {
 			return err
 		}
+	}
+	// The history API (kubectl get webhookdeliveryrecords), on every replica.
+	if err := historyapi.AddToManager(mgr, historyAPI, store); err != nil {
+		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err

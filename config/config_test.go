@@ -8,6 +8,7 @@ package config
 import (
 	"debug/elf"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,8 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 
+	historyv1alpha1 "github.com/docrouter/webhook-operator/api/history/v1alpha1"
+	"github.com/docrouter/webhook-operator/internal/historyapi"
 	"github.com/docrouter/webhook-operator/internal/metrics"
 )
 
@@ -92,7 +95,8 @@ func TestDefaultIsACompleteInstall(t *testing.T) {
 	objs := render(t, "default")
 	want := map[string]int{
 		"Namespace": 1, "CustomResourceDefinition": 2, "ServiceAccount": 1, "ClusterRole": 1,
-		"ClusterRoleBinding": 1, "Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 2,
+		"ClusterRoleBinding": 1, "Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 3,
+		"APIService": 1,
 	}
 	for kind, n := range want {
 		if got := len(ofKind(objs, kind)); got < n {
@@ -101,9 +105,18 @@ func TestDefaultIsACompleteInstall(t *testing.T) {
 	}
 	for _, o := range objs {
 		switch o.Kind {
-		case "Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding":
+		case "Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "APIService":
 			if o.NS != "" {
 				t.Errorf("%s %s is cluster-scoped but has namespace %q", o.Kind, o.Name, o.NS)
+			}
+		case "RoleBinding":
+			// The binding to extension-apiserver-authentication-reader must be where that Role is.
+			want := installNamespace
+			if b := decodeInto[rbacv1.RoleBinding](t, o); b.RoleRef.Name == "extension-apiserver-authentication-reader" {
+				want = "kube-system"
+			}
+			if o.NS != want {
+				t.Errorf("%s %s is in namespace %q, want %q", o.Kind, o.Name, o.NS, want)
 			}
 		default:
 			if o.NS != installNamespace {
@@ -252,7 +265,8 @@ func TestServiceAccountHoldsEveryPermissionTheControllersUse(t *testing.T) {
 		b := decodeInto[rbacv1.ClusterRoleBinding](t, o)
 		if isSubject(b.Subjects) {
 			rules, ok := clusterRoles[b.RoleRef.Name]
-			if !ok {
+			// system: roles are the API server's own (system:auth-delegator).
+			if !ok && !strings.HasPrefix(b.RoleRef.Name, "system:") {
 				t.Errorf("ClusterRoleBinding %s refers to ClusterRole %s, which the install lacks", b.Name, b.RoleRef.Name)
 			}
 			for g := range grants(rules) {
@@ -417,7 +431,7 @@ func TestImageBinaryIsStaticAndKnowsTheDeploymentFlags(t *testing.T) {
 			t.Errorf("the Deployment passes %q, which `webhook-operator manager` does not know", a)
 		}
 	}
-	for _, want := range []string{"--leader-elect", "--metrics-bind-address=:8443", "--health-probe-bind-address=:8081", "--intake-bind-address=0.0.0.0:8090"} {
+	for _, want := range []string{"--leader-elect", "--metrics-bind-address=:8443", "--health-probe-bind-address=:8081", "--intake-bind-address=0.0.0.0:8090", "--history-api-bind-address=:8444"} {
 		if !slices.Contains(args, want) {
 			t.Errorf("the Deployment does not pass %s: %v", want, args)
 		}
@@ -572,5 +586,165 @@ func TestAlertsAndDashboardUseExportedSeries(t *testing.T) {
 		if !used[n] && n != metrics.BulkRetriedDeliveriesName {
 			t.Errorf("the dashboard shows no panel of %s", n)
 		}
+	}
+}
+
+// The history API is registered and can work: the APIService names the group and version the
+// operator serves, points at a Service of the install that reaches the port the Deployment
+// serves the API on, verifies the certificate (the operator writes the caBundle), and the
+// operator's ServiceAccount holds what an aggregated API server needs: system:auth-delegator,
+// extension-apiserver-authentication-reader in kube-system, its certificate Secret and the
+// APIService's caBundle. People who may view a namespace may read its history.
+func TestHistoryAPIIsRegisteredAndPermitted(t *testing.T) {
+	objs := render(t, "default")
+	d := theDeployment(t, objs)
+	sa := d.Spec.Template.Spec.ServiceAccountName
+
+	services := ofKind(objs, "APIService")
+	if len(services) != 1 || services[0].Name != historyv1alpha1.APIServiceName {
+		t.Fatalf("want the APIService %s, got %v", historyv1alpha1.APIServiceName, services)
+	}
+	var apiService struct {
+		Spec struct {
+			Group, Version        string
+			InsecureSkipTLSVerify bool
+			CABundle              string
+			Service               struct {
+				Name, Namespace string
+				Port            int32
+			}
+		}
+	}
+	if err := yaml.Unmarshal(services[0].YAML, &apiService); err != nil {
+		t.Fatal(err)
+	}
+	spec := apiService.Spec
+	if spec.Group != historyv1alpha1.GroupName || spec.Version != historyv1alpha1.GroupVersion.Version {
+		t.Errorf("the APIService registers %s/%s, want %s", spec.Group, spec.Version, historyv1alpha1.GroupVersion)
+	}
+	if spec.InsecureSkipTLSVerify {
+		t.Errorf("the APIService skips TLS verification")
+	}
+	if spec.CABundle != "" {
+		t.Errorf("the APIService carries a caBundle; the operator writes it (its own CA)")
+	}
+	if spec.Service.Namespace != installNamespace || spec.Service.Name != historyapi.DefaultService {
+		t.Errorf("the APIService points at Service %s/%s; the operator's certificate is for %s.%s.svc (--history-api-service default)",
+			spec.Service.Namespace, spec.Service.Name, historyapi.DefaultService, installNamespace)
+	}
+	var target *corev1.ServicePort
+	for _, o := range ofKind(objs, "Service") {
+		if svc := decodeInto[corev1.Service](t, o); svc.Name == spec.Service.Name {
+			for i, p := range svc.Spec.Ports {
+				if p.Port == spec.Service.Port {
+					target = &svc.Spec.Ports[i]
+				}
+			}
+		}
+	}
+	if target == nil {
+		t.Fatalf("no Service %s with port %d", spec.Service.Name, spec.Service.Port)
+	}
+	bind := ""
+	for _, a := range d.Spec.Template.Spec.Containers[0].Args {
+		if v, ok := strings.CutPrefix(a, "--history-api-bind-address="); ok {
+			bind = v
+		}
+	}
+	if bind != fmt.Sprintf(":%d", target.TargetPort.IntValue()) {
+		t.Errorf("the Service sends the history API to port %s, but the Deployment serves it on %q", target.TargetPort.String(), bind)
+	}
+
+	isSubject := func(subjects []rbacv1.Subject) bool {
+		for _, s := range subjects {
+			if s.Kind == "ServiceAccount" && s.Name == sa && s.Namespace == d.Namespace {
+				return true
+			}
+		}
+		return false
+	}
+	rules := map[string][]rbacv1.PolicyRule{}
+	for _, o := range ofKind(objs, "ClusterRole") {
+		rules["ClusterRole/"+o.Name] = decodeInto[rbacv1.ClusterRole](t, o).Rules
+	}
+	for _, o := range ofKind(objs, "Role") {
+		rules["Role/"+o.NS+"/"+o.Name] = decodeInto[rbacv1.Role](t, o).Rules
+	}
+	delegator, reader := false, false
+	var cluster, inNamespace []rbacv1.PolicyRule
+	for _, o := range ofKind(objs, "ClusterRoleBinding") {
+		b := decodeInto[rbacv1.ClusterRoleBinding](t, o)
+		if isSubject(b.Subjects) {
+			delegator = delegator || b.RoleRef.Name == "system:auth-delegator"
+			cluster = append(cluster, rules["ClusterRole/"+b.RoleRef.Name]...)
+		}
+	}
+	for _, o := range ofKind(objs, "RoleBinding") {
+		b := decodeInto[rbacv1.RoleBinding](t, o)
+		if !isSubject(b.Subjects) {
+			continue
+		}
+		if b.Namespace == "kube-system" && b.RoleRef.Kind == "Role" && b.RoleRef.Name == "extension-apiserver-authentication-reader" {
+			reader = true
+		}
+		if b.Namespace == d.Namespace && b.RoleRef.Kind == "Role" {
+			inNamespace = append(inNamespace, rules["Role/"+b.Namespace+"/"+b.RoleRef.Name]...)
+		}
+	}
+	if !delegator {
+		t.Errorf("ServiceAccount %s is not bound to system:auth-delegator (TokenReviews and SubjectAccessReviews of the history API)", sa)
+	}
+	if !reader {
+		t.Errorf("ServiceAccount %s is not bound to extension-apiserver-authentication-reader in kube-system (the front-proxy CA)", sa)
+	}
+	allows := func(rs []rbacv1.PolicyRule, group, resource, name, verb string) bool {
+		for _, r := range rs {
+			if slices.Contains(r.APIGroups, group) && slices.Contains(r.Resources, resource) && slices.Contains(r.Verbs, verb) &&
+				(len(r.ResourceNames) == 0 || slices.Contains(r.ResourceNames, name)) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, verb := range []string{"create", "get", "update"} {
+		if !allows(inNamespace, "", "secrets", historyapi.DefaultCertSecret, verb) {
+			t.Errorf("the history API keeps its certificate in Secret %s, but may not %s it in %s", historyapi.DefaultCertSecret, verb, d.Namespace)
+		}
+	}
+	for _, verb := range []string{"get", "patch"} {
+		if !allows(cluster, "apiregistration.k8s.io", "apiservices", historyv1alpha1.APIServiceName, verb) {
+			t.Errorf("the history API writes the caBundle of APIService %s, but may not %s it", historyv1alpha1.APIServiceName, verb)
+		}
+	}
+	if allows(cluster, "", "secrets", "any-other-secret", "update") || allows(cluster, "", "secrets", "", "create") {
+		t.Errorf("the operator must not write Secrets outside its own namespace")
+	}
+
+	viewer := false
+	for _, o := range ofKind(objs, "ClusterRole") {
+		r := decodeInto[rbacv1.ClusterRole](t, o)
+		grantsRead := true
+		for _, res := range []string{historyv1alpha1.RecordsResource, historyv1alpha1.StatsResource} {
+			for _, verb := range []string{"get", "list", "watch"} {
+				grantsRead = grantsRead && allows(r.Rules, historyv1alpha1.GroupName, res, "", verb)
+			}
+		}
+		if !grantsRead {
+			continue
+		}
+		viewer = true
+		for _, role := range []string{"view", "edit", "admin"} {
+			if r.Labels["rbac.authorization.k8s.io/aggregate-to-"+role] != "true" {
+				t.Errorf("ClusterRole %s grants reading the history but does not aggregate to %s", r.Name, role)
+			}
+		}
+		for _, verb := range []string{"create", "update", "patch", "delete"} {
+			if allows(r.Rules, historyv1alpha1.GroupName, historyv1alpha1.RecordsResource, "", verb) {
+				t.Errorf("ClusterRole %s grants %s on the read-only history", r.Name, verb)
+			}
+		}
+	}
+	if !viewer {
+		t.Errorf("no ClusterRole grants get, list and watch of the history resources")
 	}
 }

@@ -21,14 +21,25 @@ import (
 // goroutine for 2 s, not one of the workers that every other delivery needs.
 //
 // While an attempt is in flight, reconciles of its delivery do nothing: the attempt schedules
-// the delivery's next reconcile itself, through the controller's queue, when it is done.
+// the delivery's next reconcile itself, through the controller's queue, when it is done: at its
+// next retry, with the queue's backoff after a failed status write, or at once when a
+// reconcile was turned away meanwhile (a retry annotation). A finished delivery needs none: its
+// reconcile would only find it gone from the cache and read it again from the API server.
 type attemptRunner struct {
 	// queue is the delivery controller's work queue, handed over by source().
 	queue atomic.Pointer[workqueue.TypedRateLimitingInterface[reconcile.Request]]
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// inFlight holds the deliveries with an attempt under way; true: a reconcile was turned
+	// away meanwhile.
 	inFlight map[types.NamespacedName]bool
 	wg       sync.WaitGroup
+	// writes bounds the attempts that write their status at once. Attempts to slow receivers
+	// start in waves and end in waves: hundreds of status writes at once would put the API
+	// server far past the concurrency it serves best (make bench, row 1: its rate falls as
+	// the writers grow), and, in a cluster with API Priority and Fairness, into queues and 429s.
+	// A write waits here for a slot, keeping its in-flight slot meanwhile.
+	writes chan struct{}
 	// base is the context of attempts: not cancelled when the manager stops, so that an attempt
 	// under way is finished and recorded rather than cut off (Start waits for them).
 	base context.Context
@@ -39,10 +50,23 @@ type attemptRunner struct {
 // drainTimeout bounds how long a stopping manager waits for attempts under way.
 const drainTimeout = 25 * time.Second
 
-// newAttemptRunner makes a runner; finished, when set, hands it the finished deliveries that
-// carry a retry annotation once the controller runs.
-func newAttemptRunner(finished *finishedIndex) *attemptRunner {
-	return &attemptRunner{inFlight: map[types.NamespacedName]bool{}, base: context.Background(), finished: finished}
+// newAttemptRunner makes a runner whose attempts write their status at most writers at once;
+// finished, when set, hands it the finished deliveries that carry a retry annotation once the
+// controller runs.
+func newAttemptRunner(writers int, finished *finishedIndex) *attemptRunner {
+	return &attemptRunner{inFlight: map[types.NamespacedName]bool{}, base: context.Background(), finished: finished,
+		writes: make(chan struct{}, max(writers, 1))}
+}
+
+// write runs an attempt's status write when a write slot is free.
+func (a *attemptRunner) write(ctx context.Context, f func(context.Context) error) error {
+	select {
+	case a.writes <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-a.writes }()
+	return f(ctx)
 }
 
 // source hands the controller's queue to the runner, and subscribes it to the manual retries
@@ -84,11 +108,16 @@ func (a *attemptRunner) waitIdle(timeout time.Duration) bool {
 	}
 }
 
-// busy reports whether an attempt of the delivery is under way.
+// busy reports whether an attempt of the delivery is under way; the attempt then reconciles
+// the delivery again when it is done, for what the caller was turned away with.
 func (a *attemptRunner) busy(key types.NamespacedName) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.inFlight[key]
+	if _, ok := a.inFlight[key]; ok {
+		a.inFlight[key] = true
+		return true
+	}
+	return false
 }
 
 // run makes attempt in a goroutine of its own, with a context that outlives the reconcile.
@@ -96,7 +125,7 @@ func (a *attemptRunner) busy(key types.NamespacedName) bool {
 // failure backoff when failed is true.
 func (a *attemptRunner) run(key types.NamespacedName, attempt func(ctx context.Context) (after time.Duration, failed bool)) {
 	a.mu.Lock()
-	a.inFlight[key] = true
+	a.inFlight[key] = false
 	base := a.base
 	a.mu.Unlock()
 	a.wg.Add(1)
@@ -104,10 +133,13 @@ func (a *attemptRunner) run(key types.NamespacedName, attempt func(ctx context.C
 		defer a.wg.Done()
 		after, failed := attempt(base)
 		a.mu.Lock()
+		missed := a.inFlight[key]
 		delete(a.inFlight, key)
 		a.mu.Unlock()
 		// Only now: a reconcile that ran while the attempt was in flight did nothing.
-		a.enqueue(key, after, failed)
+		if failed || after > 0 || missed {
+			a.enqueue(key, after, failed)
+		}
 	}()
 }
 

@@ -137,3 +137,21 @@ func (h *endpointHealth) forget(key types.NamespacedName) {
 	delete(h.woken, key)
 	h.mu.Unlock()
 }
+
+// touch asks for the endpoint's reconcile now, even when one is scheduled (a write held back
+// until the end of the interval): something besides an attempt changed what its status shows,
+// and the change is a transition that is written at once (it started to be throttled).
+func (h *endpointHealth) touch(key types.NamespacedName) {
+	h.mu.Lock()
+	h.woken[key] = true
+	h.mu.Unlock()
+	obj := &webhooksv1alpha1.WebhookEndpoint{}
+	obj.Namespace, obj.Name = key.Namespace, key.Name
+	select {
+	case h.wake <- event.TypedGenericEvent[*webhooksv1alpha1.WebhookEndpoint]{Object: obj}:
+	default: // full: the endpoint's next reconcile publishes it
+		h.mu.Lock()
+		h.woken[key] = false
+		h.mu.Unlock()
+	}
+}

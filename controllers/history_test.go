@@ -35,6 +35,7 @@ func startOperatorWithStore(t *testing.T, ns string, opts Options, store history
 
 // onEachEngine runs f against SQLite in a temporary file and against a real PostgreSQL.
 func onEachEngine(t *testing.T, f func(t *testing.T, store history.Store)) {
+	t.Helper()
 	t.Run("sqlite", func(t *testing.T) { f(t, historytest.SQLite(t)) })
 	t.Run("postgres", func(t *testing.T) { f(t, historytest.OpenPostgres(t)) })
 }
@@ -63,6 +64,7 @@ func inEtcd(ns, name string) bool {
 // says when it left.
 func TestFinishedDeliveriesAreArchivedThenLeaveEtcd(t *testing.T) {
 	onEachEngine(t, func(t *testing.T, store history.Store) {
+		t.Helper()
 		g := NewWithT(t)
 		ns := env.Namespace(t)
 		signingSecret(t, ns)
@@ -224,6 +226,11 @@ func TestDeliveriesStayInEtcdWhileTheStoreIsDown(t *testing.T) {
 		g.Expect(r.Attempts).To(HaveLen(1))
 	}
 	g.Expect(testutil.ToFloat64(metrics.HistoryStoreUp)).To(Equal(1.0))
+	if rcv.Count() != 20 {
+		for _, r := range rcv.Requests() {
+			t.Logf("%s %s attempt %s", r.At.Format("15:04:05.000"), r.Header.Get(dispatcher.HeaderEventID), r.Header.Get(dispatcher.HeaderAttempt))
+		}
+	}
 	g.Expect(rcv.Count()).To(Equal(20), "nothing was sent twice")
 }
 

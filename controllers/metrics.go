@@ -42,12 +42,15 @@ func attemptClass(res dispatcher.Result) string {
 
 // observeAttempt records an attempt that starts now, and returns the function that records
 // its result. The lag is observed for automatic attempts only: a manual retry was never due.
-func observeAttempt(d *webhooksv1alpha1.WebhookDelivery, manual bool, started time.Time) func(dispatcher.Result) {
+// An attempt that waited for its turn under the endpoint's rate limit was due at its turn, not
+// earlier: the wait is the receiver's choice, not a delay of the operator.
+func observeAttempt(d *webhooksv1alpha1.WebhookDelivery, manual bool, started, turn time.Time) func(dispatcher.Result) {
 	if !manual {
 		due := d.CreationTimestamp.Time
 		if d.Status.NextAttemptTime != nil {
 			due = d.Status.NextAttemptTime.Time
 		}
+		due = later(due, turn)
 		metrics.DeliveryLag.Observe(max(started.Sub(due), 0).Seconds())
 	}
 	metrics.AttemptsInFlight.Inc()

@@ -6,7 +6,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -229,9 +228,4 @@ func namespacesOrAll(namespaces []string) []string {
 		return []string{""}
 	}
 	return namespaces
-}
-
-// deliveryKey names a delivery.
-func deliveryKey(d *webhooksv1alpha1.WebhookDelivery) types.NamespacedName {
-	return types.NamespacedName{Namespace: d.Namespace, Name: d.Name}
 }

@@ -18,18 +18,22 @@ import (
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
+	"github.com/docrouter/webhook-operator/internal/filter"
 	"github.com/docrouter/webhook-operator/internal/history"
 )
 
 // Options are the operator's tunables; main.go exposes each as a flag.
 type Options struct {
-	// Workers is how many deliveries are reconciled at once. Attempts do not hold a worker
-	// while they wait for the receiver (attempts.go): MaxInFlight bounds those.
+	// Workers is how many deliveries are reconciled at once, and how many attempts write their
+	// status at once. Attempts do not hold a worker while they wait for the receiver
+	// (attempts.go): MaxInFlight bounds those; their status writes, which end in waves when the
+	// receivers are slow, are bounded like the workers' so that the API server is not flooded.
 	Workers int
 	// MaxInFlight bounds the attempts in flight in all, so that memory stays bounded.
 	MaxInFlight int
 	// MaxInFlightPerEndpoint bounds the attempts in flight to one endpoint, so that a slow or
-	// silent receiver cannot take the slots of the others.
+	// silent receiver cannot take the slots of the others. An endpoint's spec.maxInFlight
+	// overrides it for that endpoint.
 	MaxInFlightPerEndpoint int
 	// SecretTTL is how long a Secret read is reused: a changed Secret is used within it.
 	SecretTTL time.Duration
@@ -154,11 +158,12 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options, deps Deps) (*Ope
 	if err := mgr.Add(index); err != nil {
 		return nil, err
 	}
-	attempts := newAttemptRunner(index)
+	rates := newRateLimiter(health.touch)
+	attempts := newAttemptRunner(opts.Workers, index)
 	deliveries := &WebhookDeliveryReconciler{
 		Client: mgr.GetClient(), Sender: deps.Sender, Recorder: recorder, Clock: clk, Jitter: rand.Float64, Options: opts,
 		secrets: secrets, health: health, attempts: attempts, limiter: newInflightLimiter(opts.MaxInFlight, attempts.wake),
-		expectations: newAttemptExpectations(), archive: arch,
+		rates: rates, expectations: newAttemptExpectations(), archive: arch,
 	}
 	if err := deliveries.SetupWithManager(ctx, mgr); err != nil {
 		return nil, err
@@ -170,7 +175,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options, deps Deps) (*Ope
 	endpoints := &WebhookEndpointReconciler{
 		Client: mgr.GetClient(), Recorder: recorder, Clock: clk, Options: opts,
 		secrets: secrets, health: health, lastHealthWrite: map[types.NamespacedName]time.Time{},
-		apiReader: mgr.GetAPIReader(), workingSet: set,
+		apiReader: mgr.GetAPIReader(), workingSet: set, rates: rates, filters: filter.NewCache(filter.DefaultCacheSize),
 	}
 	return op, endpoints.SetupWithManager(mgr)
 }

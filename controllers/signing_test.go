@@ -35,7 +35,10 @@ func (c *shiftedClock) advance(d time.Duration)         { c.offset.Add(int64(d))
 func startOperatorWithClock(t *testing.T, ns string, clk *shiftedClock) {
 	t.Helper()
 	env.StartManager(t, env.ManagerOptions(ns), func(ctx context.Context, mgr ctrl.Manager) error {
-		_, err := Setup(ctx, mgr, testOptions(), Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{}), Clock: clk})
+		// The clock moves hours ahead: finished deliveries stay in etcd whatever their time.
+		opts := testOptions()
+		opts.SucceededRetention, opts.FailedRetention = 0, 0
+		_, err := Setup(ctx, mgr, opts, Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{}), Clock: clk})
 		return err
 	})
 }

@@ -49,7 +49,7 @@ func TestFailedStatusWriteIsRetriedWithoutResending(t *testing.T) {
 		Client: c, Sender: dispatcher.NewSender(dispatcher.SenderOptions{}), Recorder: discardRecorder{},
 		Clock: clock.RealClock{}, Jitter: func() float64 { return 0 }, Options: opts,
 		secrets: newSecretReader(env.Client, 0, time.Now), health: newEndpointHealth(),
-		attempts: newAttemptRunner(nil), limiter: newInflightLimiter(0, nil), expectations: newAttemptExpectations(),
+		attempts: newAttemptRunner(1, nil), limiter: newInflightLimiter(0, nil), expectations: newAttemptExpectations(), rates: newRateLimiter(nil),
 	}
 	req := ctrl.Request{NamespacedName: client.ObjectKeyFromObject(d)}
 

@@ -42,6 +42,7 @@ type WebhookDeliveryReconciler struct {
 	secrets      *secretReader
 	health       *endpointHealth
 	limiter      *inflightLimiter
+	rates        *rateLimiter
 	attempts     *attemptRunner
 	expectations *attemptExpectations
 	// apiReader reads finished deliveries, which the cache does not hold (cache.go).
@@ -112,15 +113,21 @@ func (r *WebhookDeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{}, err
 	}
 
+	if wait := r.rates.wait(ep, key, r.Clock.Now()); wait > 0 {
+		// Over the endpoint's spec.rateLimit: the delivery's token is reserved (ratelimit.go) and
+		// due after wait. No attempt, no status write, no retry used.
+		return ctrl.Result{RequeueAfter: wait}, nil
+	}
 	epKey := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
-	if !r.limiter.tryAcquire(epKey, key, r.Options.MaxInFlightPerEndpoint) {
+	if !r.limiter.tryAcquire(epKey, key, ep.Spec.GetMaxInFlight(r.Options.MaxInFlightPerEndpoint)) {
 		// The endpoint (or the operator) has as many attempts in flight as allowed; a freed slot
-		// wakes this one, and this requeue is the fallback.
+		// wakes this one, and this requeue is the fallback. A token of the rate limit is kept.
 		return ctrl.Result{RequeueAfter: ep.Spec.GetTimeout() + time.Second}, nil
 	}
+	turn := r.rates.started(key)
 	r.attempts.run(key, func(ctx context.Context) (time.Duration, bool) {
 		defer r.limiter.release(epKey)
-		return r.attempt(ctx, base, d, ep, creds, manual, token)
+		return r.attempt(ctx, base, d, ep, creds, attemptCause{manual: manual, token: token, turn: turn})
 	})
 	return ctrl.Result{}, nil
 }
@@ -135,6 +142,7 @@ func (r *WebhookDeliveryReconciler) get(ctx context.Context, key types.Namespace
 	}
 	if apierrors.IsNotFound(err) {
 		r.expectations.forget(key)
+		r.rates.forget(key)
 		return nil, nil
 	}
 	if err != nil {
@@ -178,12 +186,22 @@ func (r *WebhookDeliveryReconciler) endpointFor(ctx context.Context, d *webhooks
 	return ep, creds, nil
 }
 
+// attemptCause is why an attempt is made now.
+type attemptCause struct {
+	// manual: a retry annotation with a new token asked for it.
+	manual bool
+	token  string
+	// turn is when the endpoint's rate limit let it go (zero: no rate limit).
+	turn time.Time
+}
+
 // attempt sends the event once, records the attempt and its outcome in d's status, writes it,
 // and returns when to reconcile the delivery next (failed: with the queue's backoff, for a
 // status write that failed). base is d as read, for the status patch. It runs in the attempt
 // runner, with its own slot of the in-flight limit.
 func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, base, d *webhooksv1alpha1.WebhookDelivery, ep *webhooksv1alpha1.WebhookEndpoint,
-	creds credentials, manual bool, token string) (after time.Duration, failed bool) {
+	creds credentials, why attemptCause) (after time.Duration, failed bool) {
+	manual, token := why.manual, why.token
 	key := types.NamespacedName{Namespace: d.Namespace, Name: d.Name}
 	log := ctrl.LoggerFrom(ctx).WithValues("webhookDelivery", key, "endpoint", ep.Name, "eventID", d.Spec.Event.ID)
 	previous := d.Status.Phase
@@ -207,7 +225,7 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, base, d *webhoo
 			Message: "the event cannot be serialised: " + err.Error()}
 	} else {
 		started := r.Clock.Now()
-		observed := observeAttempt(d, manual, started)
+		observed := observeAttempt(d, manual, started, why.turn)
 		res := r.Sender.Send(ctx, req)
 		observed(res)
 		recordAttempt(&d.Status, n, trigger, started, res)
@@ -232,7 +250,7 @@ func (r *WebhookDeliveryReconciler) attempt(ctx context.Context, base, d *webhoo
 		log.Info("delivery failed", "attempt", n, "reason", outcome.Reason)
 	}
 
-	if err := patchStatus(ctx, r.Client, base, d); err != nil {
+	if err := r.attempts.write(ctx, func(ctx context.Context) error { return patchStatus(ctx, r.Client, base, d) }); err != nil {
 		log.Error(err, "writing the attempt to status failed; it is written again before anything else is done with the delivery")
 		r.expectations.holdUnwritten(key, d.UID, d.Status.DeepCopy())
 		return 0, true
@@ -286,10 +304,11 @@ func (r *WebhookDeliveryReconciler) deliveriesOf(ctx context.Context, ep *webhoo
 
 // leftCache drops the delete events of the cache, which a delivery also gets when it finishes
 // (it leaves the field-selected cache): nothing is left to do then, but to forget what was
-// expected of it.
+// expected of it and its reservation of a rate-limit token.
 func (r *WebhookDeliveryReconciler) leftCache() predicate.Funcs {
 	return predicate.Funcs{DeleteFunc: func(e event.DeleteEvent) bool {
 		r.expectations.forget(client.ObjectKeyFromObject(e.Object))
+		r.rates.forget(client.ObjectKeyFromObject(e.Object))
 		return false
 	}}
 }
@@ -316,6 +335,9 @@ func (r *WebhookDeliveryReconciler) SetupWithManager(ctx context.Context, mgr ct
 		return err
 	}
 	if err := mgr.Add(pendingReporter{reader: mgr.GetCache()}); err != nil {
+		return err
+	}
+	if err := mgr.Add(throttledReporter{rates: r.rates, now: r.Clock.Now}); err != nil {
 		return err
 	}
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &webhooksv1alpha1.WebhookDelivery{}, endpointRefIndex,

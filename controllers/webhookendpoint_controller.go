@@ -2,8 +2,6 @@ package controllers
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+	"github.com/docrouter/webhook-operator/internal/filter"
 )
 
 // WebhookEndpointReconciler reports whether an endpoint can be delivered to, turns the test
@@ -40,6 +39,10 @@ type WebhookEndpointReconciler struct {
 
 	secrets *secretReader
 	health  *endpointHealth
+	// rates are the delivery controller's token buckets, read for the Throttled status.
+	rates *rateLimiter
+	// filters compiles spec.filter once per generation, to report one that does not compile.
+	filters *filter.Cache
 	// apiReader lists Failed deliveries, which the cache does not hold.
 	apiReader client.Reader
 	// workingSet counts the endpoint's events in the history store's backlog.
@@ -48,6 +51,9 @@ type WebhookEndpointReconciler struct {
 	mu               sync.Mutex
 	lastHealthWrite  map[types.NamespacedName]time.Time
 	lastBacklogWrite map[types.NamespacedName]time.Time
+	// throttleWritten is the throttling last written to each endpoint's status, until the cache
+	// shows it (see copyHealth).
+	throttleWritten map[types.NamespacedName]writtenThrottle
 	// retriedTokens remembers the retry-failed token handled per endpoint until the cache shows
 	// it in status, so that a reconcile racing the status write does not handle it twice.
 	retriedTokens map[types.UID]string
@@ -65,6 +71,10 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err := r.Get(ctx, req.NamespacedName, ep); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.health.forget(req.NamespacedName)
+			r.rates.forgetEndpoint(req.NamespacedName)
+			r.mu.Lock()
+			delete(r.throttleWritten, req.NamespacedName)
+			r.mu.Unlock()
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -94,6 +104,7 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	requeue, gone := r.copyHealth(ep)
 	requeue = minPositive(requeue, r.copyBacklog(ep))
 	requeue = minPositive(requeue, r.autoDisable(ep, gone))
+	setThrottled(ep)
 
 	ready, credentialProblem, err := r.readiness(ctx, ep)
 	if err != nil {
@@ -123,6 +134,12 @@ func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv
 		ready.Reason, ready.Message = webhooksv1alpha1.ReasonInvalidURL, "spec.url uses http:// without spec.allowInsecureHTTP"
 		return ready, false, nil
 	}
+	if _, err := r.filters.For(ep); err != nil {
+		// The intake creates no delivery for this endpoint while it lasts (internal/intake).
+		ready.Reason = webhooksv1alpha1.ReasonInvalidFilter
+		ready.Message = "no event is delivered to this endpoint until spec.filter is fixed or removed. " + err.Error()
+		return ready, false, nil
+	}
 	if _, err := r.secrets.resolve(ctx, ep); err != nil {
 		var cerr *credentialError
 		if !errors.As(err, &cerr) {
@@ -147,6 +164,9 @@ func (r *WebhookEndpointReconciler) readiness(ctx context.Context, ep *webhooksv
 		return ready, false, nil
 	}
 	ready.Status, ready.Reason, ready.Message = metav1.ConditionTrue, webhooksv1alpha1.ReasonValid, "the URL and Secrets are valid; deliveries are sent"
+	if ep.Spec.Filter != "" {
+		ready.Message = "the URL, Secrets and filter are valid; deliveries are sent for the events the filter selects"
+	}
 	return ready, false, nil
 }
 
@@ -203,9 +223,8 @@ func (r *WebhookEndpointReconciler) sendTest(ctx context.Context, ep *webhooksv1
 	if token == "" || token == ep.Status.LastTestToken {
 		return nil
 	}
-	sum := sha256.Sum256([]byte(string(ep.UID) + "/" + token))
 	event := webhooksv1alpha1.Event{
-		ID:             "test-" + hex.EncodeToString(sum[:12]),
+		ID:             webhooksv1alpha1.TestEventID(ep.UID, token),
 		Type:           webhooksv1alpha1.EventWebhookTest,
 		Timestamp:      r.Clock.Now().Unix(),
 		OrganizationID: ep.Namespace,
@@ -277,33 +296,93 @@ func (r *WebhookEndpointReconciler) retryFailed(ctx context.Context, ep *webhook
 	return nil
 }
 
-// copyHealth copies the in-memory delivery health into status, at most once per
-// HealthUpdateInterval except when the endpoint starts or stops failing. It returns when to
-// look again if a write was held back.
+// copyHealth copies the in-memory delivery health, and the throttling under spec.rateLimit,
+// into status, at most once per HealthUpdateInterval except when the endpoint starts or stops
+// failing or being throttled. It returns when to look again: when a write was held back, or
+// while deliveries wait for the rate limit (to keep the count current and to write its end).
 func (r *WebhookEndpointReconciler) copyHealth(ep *webhooksv1alpha1.WebhookEndpoint) (requeue time.Duration, gone bool) {
 	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
-	h, ok := r.health.take(key)
-	if !ok {
-		return 0, false
-	}
-	s := &ep.Status
-	if h.ConsecutiveFailures == s.ConsecutiveFailures && h.LastSuccessTime.Equal(s.LastSuccessTime) &&
-		h.LastFailureTime.Equal(s.LastFailureTime) && h.FailingSince.Equal(s.FailingSince) {
-		return 0, h.Gone
-	}
 	now := r.Clock.Now()
+	s := &ep.Status
+	if r.cacheBehindThrottle(key, ep, now) {
+		// Deciding from a status older than our last write could leave it wrong for good: a
+		// return to 0 waiting would look like no change, and the merge patch from the cached
+		// object would write nothing. The cache catches up within moments.
+		return throttleCacheWait, false
+	}
+	h, ok := r.health.take(key)
+	t := r.throttleOf(ep, now)
+	healthSame := !ok || (h.ConsecutiveFailures == s.ConsecutiveFailures && h.LastSuccessTime.Equal(s.LastSuccessTime) &&
+		h.LastFailureTime.Equal(s.LastFailureTime) && h.FailingSince.Equal(s.FailingSince))
+	if healthSame && t.same(s) {
+		return t.lookAgain(now, r.Options.HealthUpdateInterval), ok && h.Gone
+	}
+	transition := (ok && (h.ConsecutiveFailures == 0) != (s.ConsecutiveFailures == 0)) ||
+		(t.waiting > 0) != (s.ThrottledDeliveries > 0)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if last, ok := r.lastHealthWrite[key]; ok && (h.ConsecutiveFailures == 0) == (s.ConsecutiveFailures == 0) {
-		if wait := last.Add(r.Options.HealthUpdateInterval).Sub(now); wait > 0 && !h.Gone {
+	if last, found := r.lastHealthWrite[key]; found && !transition {
+		if wait := last.Add(r.Options.HealthUpdateInterval).Sub(now); wait > 0 && (!ok || !h.Gone) {
 			r.health.hold(key)
-			return wait, false
+			// The end of the current throttling may come before the held write: look then too
+			// (this reconcile may have taken the place of a requeue that was due for it).
+			return minPositive(wait, t.lookAgain(now, r.Options.HealthUpdateInterval)), false
 		}
 	}
 	r.lastHealthWrite[key] = now
-	s.ConsecutiveFailures, s.LastSuccessTime, s.LastFailureTime = h.ConsecutiveFailures, h.LastSuccessTime, h.LastFailureTime
-	s.FailingSince = h.FailingSince
-	return 0, h.Gone
+	if ok {
+		s.ConsecutiveFailures, s.LastSuccessTime, s.LastFailureTime = h.ConsecutiveFailures, h.LastSuccessTime, h.LastFailureTime
+		s.FailingSince = h.FailingSince
+	}
+	s.ThrottledDeliveries, s.ThrottledUntil = t.waiting, t.until
+	if r.throttleWritten == nil {
+		r.throttleWritten = map[types.NamespacedName]writtenThrottle{}
+	}
+	r.throttleWritten[key] = writtenThrottle{uid: ep.UID, at: now, t: t}
+	return t.lookAgain(now, r.Options.HealthUpdateInterval), ok && h.Gone
+}
+
+// writtenThrottle is the throttling written to an endpoint's status, and when.
+type writtenThrottle struct {
+	uid types.UID
+	at  time.Time
+	t   throttleStatus
+}
+
+// throttleCacheWait is how soon to look again when the cache has not yet seen the last write;
+// throttleCacheGiveUp is how long to wait for it at most (the write may have failed).
+const (
+	throttleCacheWait   = 250 * time.Millisecond
+	throttleCacheGiveUp = 5 * time.Second
+)
+
+// cacheBehindThrottle reports whether the cached endpoint does not yet show the throttling
+// last written to it, less than throttleCacheGiveUp ago.
+func (r *WebhookEndpointReconciler) cacheBehindThrottle(key types.NamespacedName, ep *webhooksv1alpha1.WebhookEndpoint, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, ok := r.throttleWritten[key]
+	switch {
+	case !ok:
+		return false
+	case w.uid != ep.UID || w.t.same(&ep.Status) || now.Sub(w.at) > throttleCacheGiveUp:
+		delete(r.throttleWritten, key)
+		return false
+	}
+	return true
+}
+
+// throttleOf is what status shows of the endpoint's throttling at now.
+func (r *WebhookEndpointReconciler) throttleOf(ep *webhooksv1alpha1.WebhookEndpoint, now time.Time) throttleStatus {
+	if ep.Spec.RateLimit == nil {
+		return throttleStatus{}
+	}
+	n, until := r.rates.throttled(types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}, now)
+	if n == 0 {
+		return throttleStatus{}
+	}
+	// Status times have whole seconds: rounded up, the time stays "not before".
+	return throttleStatus{waiting: n, until: &metav1.Time{Time: until.Add(time.Second - 1).Truncate(time.Second)}}
 }
 
 // copyBacklog copies the number of the endpoint's events in the store's backlog into status:
@@ -348,9 +427,13 @@ func (r *WebhookEndpointReconciler) announce(ep *webhooksv1alpha1.WebhookEndpoin
 	}
 }
 
+// minPositive is the earlier of two requeue delays, where 0 means none.
 func minPositive(a, b time.Duration) time.Duration {
-	if a <= 0 {
+	switch {
+	case a <= 0:
 		return b
+	case b <= 0:
+		return a
 	}
 	return min(a, b)
 }

@@ -15,7 +15,9 @@
 # those processes by pid and command line, from $DEV_DIR/pids).
 #
 # Settings (environment): DEV_DIR (.dev), DEV_APISERVER_PORT (16443), DEV_ETCD_PORT (16379),
-# DEV_PROBE_PORT (18081); DEV_NO_BUILD=1 runs bin/ as it is instead of rebuilding. The intake (127.0.0.1:8090) and receiver (127.0.0.1:9000) addresses are
+# DEV_PROBE_PORT (18081), DEV_HISTORY_API_PORT (18444: the history API, kubectl get whdr),
+# DEV_SUCCEEDED_RETENTION and DEV_FAILED_RETENTION (2m each: the time finished deliveries stay
+# in etcd; the operator's own defaults are 10m and 1h); DEV_NO_BUILD=1 runs bin/ as it is instead of rebuilding. The intake (127.0.0.1:8090) and receiver (127.0.0.1:9000) addresses are
 # fixed: the samples and `webhook-operator publish` use them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,6 +27,9 @@ DEV_DIR="${DEV_DIR:-.dev}"
 DEV_APISERVER_PORT="${DEV_APISERVER_PORT:-16443}"
 DEV_ETCD_PORT="${DEV_ETCD_PORT:-16379}"
 DEV_PROBE_PORT="${DEV_PROBE_PORT:-18081}"
+DEV_HISTORY_API_PORT="${DEV_HISTORY_API_PORT:-18444}"
+DEV_SUCCEEDED_RETENTION="${DEV_SUCCEEDED_RETENTION:-2m}"
+DEV_FAILED_RETENTION="${DEV_FAILED_RETENTION:-2m}"
 INTAKE_ADDR=127.0.0.1:8090
 RECEIVER_ADDR=127.0.0.1:9000
 
@@ -110,9 +115,9 @@ cleanup() {
 }
 
 clean_stale
-for port in "${DEV_APISERVER_PORT}" "${DEV_ETCD_PORT}" "${DEV_PROBE_PORT}" "${INTAKE_ADDR##*:}" "${RECEIVER_ADDR##*:}"; do
+for port in "${DEV_APISERVER_PORT}" "${DEV_ETCD_PORT}" "${DEV_PROBE_PORT}" "${DEV_HISTORY_API_PORT}" "${INTAKE_ADDR##*:}" "${RECEIVER_ADDR##*:}"; do
   if listening "${port}"; then
-    die "port ${port} on 127.0.0.1 is in use by another process (see: lsof -nP -iTCP:${port} -sTCP:LISTEN); stop it, or choose other ports (DEV_APISERVER_PORT, DEV_ETCD_PORT, DEV_PROBE_PORT)"
+    die "port ${port} on 127.0.0.1 is in use by another process (see: lsof -nP -iTCP:${port} -sTCP:LISTEN); stop it, or choose other ports (DEV_APISERVER_PORT, DEV_ETCD_PORT, DEV_PROBE_PORT, DEV_HISTORY_API_PORT)"
   fi
 done
 
@@ -145,6 +150,10 @@ auth_token="$(sample_value auth-token)"
 [[ -n "${signing_secret}" && -n "${auth_token}" ]] || die "could not read signing-secret and auth-token from config/samples/secret.yaml"
 (umask 077 && printf '%s\n' "${signing_secret}" >"${dev_dir}/signing-secret")
 
+# Flags are passed only if this build of the operator has them.
+help="$("${operator}" manager -h 2>&1 || true)"
+has_flag() { grep -qE -- "^ +-$1( |$)" <<<"${help}"; }
+
 say "starting etcd and kube-apiserver (logs: ${DEV_DIR}/logs/controlplane.log)"
 # Logs are truncated and the old kubeconfig removed here, not in the background jobs: the
 # readiness checks below must not read what a previous run left.
@@ -153,6 +162,9 @@ say "starting etcd and kube-apiserver (logs: ${DEV_DIR}/logs/controlplane.log)"
 : >"${logs}/operator.log"
 rm -f "${dev_dir}/kubeconfig"
 cmd=("${devcluster}" --dir "${dev_dir}" --assets "${assets}" --apiserver-port "${DEV_APISERVER_PORT}" --etcd-port "${DEV_ETCD_PORT}")
+# The history API is registered (an APIService to https://localhost:PORT) only when the
+# operator serves it: an APIService without its server makes every kubectl command warn.
+has_flag history-api-bind-address && cmd+=(--history-api-port "${DEV_HISTORY_API_PORT}")
 "${detach[@]}" "${cmd[@]}" >>"${logs}/controlplane.log" 2>&1 &
 cluster_pid=$!
 record devcluster "${cluster_pid}" "${cmd[*]}"
@@ -172,9 +184,6 @@ cmd=("${operator}" receiver --listen "${RECEIVER_ADDR}" --secret-file "${dev_dir
 "${detach[@]}" "${cmd[@]}" >>"${logs}/receiver.log" 2>&1 &
 record receiver "$!" "${cmd[*]}"
 
-# Flags are passed only if this build of the operator has them.
-help="$("${operator}" manager -h 2>&1 || true)"
-has_flag() { grep -qE -- "^ +-$1( |$)" <<<"${help}"; }
 flags=(--health-probe-bind-address "127.0.0.1:${DEV_PROBE_PORT}")
 if has_flag intake-bind-address; then
   flags+=(--intake-bind-address "${INTAKE_ADDR}")
@@ -186,6 +195,14 @@ fi
 has_flag outbound-allow-cidrs && flags+=(--outbound-allow-cidrs "127.0.0.0/8,::1/128")
 # The history store: embedded SQLite next to etcd's data, kept across restarts like it.
 has_flag history-database && flags+=(--history-database "sqlite://${dev_dir}/history.db")
+# Finished deliveries leave etcd sooner than the operator's defaults (10m, 1h), so that the
+# tour shows one that has left etcd and is still in the history (kubectl get whdr).
+has_flag succeeded-retention && flags+=(--succeeded-retention "${DEV_SUCCEEDED_RETENTION}" --failed-retention "${DEV_FAILED_RETENTION}")
+# The history API, as in a cluster: the operator keeps its certificate in a Secret of
+# docrouter-system and writes the APIService's caBundle; kube-apiserver forwards to it.
+if has_flag history-api-bind-address; then
+  flags+=(--history-api-bind-address "127.0.0.1:${DEV_HISTORY_API_PORT}" --history-api-namespace docrouter-system)
+fi
 
 say "starting the operator: manager ${flags[*]} (logs: ${DEV_DIR}/logs/operator.log)"
 cmd=("${operator}" manager "${flags[@]}")
@@ -210,7 +227,7 @@ cat <<EOF
 
 DocRouter webhook operator: local stack running (Ctrl-C stops it).
   kube-apiserver  https://127.0.0.1:${DEV_APISERVER_PORT}   logs: ${DEV_DIR}/logs/controlplane.log
-  operator        intake http://${INTAKE_ADDR}   logs: ${DEV_DIR}/logs/operator.log
+  operator        intake http://${INTAKE_ADDR}, history API https://127.0.0.1:${DEV_HISTORY_API_PORT}   logs: ${DEV_DIR}/logs/operator.log
   receiver        http://${RECEIVER_ADDR}   its lines follow below
 Try the tour of README.md: kubectl apply -k config/samples
 In another terminal, point kubectl at the stack:

@@ -22,6 +22,9 @@ export DEV_DIR=.dev/e2e
 export DEV_APISERVER_PORT="${E2E_APISERVER_PORT:-16543}"
 export DEV_ETCD_PORT="${E2E_ETCD_PORT:-16579}"
 export DEV_PROBE_PORT="${E2E_PROBE_PORT:-18091}"
+export DEV_HISTORY_API_PORT="${E2E_HISTORY_API_PORT:-18544}"
+# Finished deliveries leave etcd after 20 s, so that the run sees them in the history only.
+export DEV_SUCCEEDED_RETENTION=20s DEV_FAILED_RETENTION=20s
 limit="${E2E_TIMEOUT:-230}"
 dev_dir="${root}/${DEV_DIR}"
 dev_log="${root}/.dev/e2e-dev.log"
@@ -266,16 +269,33 @@ ok "kubectl apply of a plain http:// endpoint fails: ${want}"
 kubectl get -n "${ns}" webhookendpoint plain-http >/dev/null 2>&1 && fail "the invalid endpoint exists"
 ok "the invalid endpoint was not created"
 
+echo "# the history: every delivery in kubectl get whdr, the failed one also after it left etcd"
+eventually 60 "the history API's APIService is Available" bash -c \
+  "[[ \$(kubectl get apiservice v1alpha1.history.webhooks.docrouter.ai -o jsonpath='{.status.conditions[?(@.type==\"Available\")].status}') == True ]]"
+eventually 10 "kubectl get whdr lists the event's three deliveries and the test delivery" bash -c \
+  "[[ \$(kubectl get whdr -n ${ns} --no-headers | wc -l) -eq 4 ]]"
+kubectl wait -n "${ns}" --for=delete "webhookdelivery/${failing}" --timeout=60s >/dev/null 2>&1 ||
+  fail "the Failed delivery did not leave etcd after --failed-retention (20s)"
+ok "the Failed delivery left etcd after its 20 s there (kubectl wait --for=delete)"
+expect "kubectl get whdr --field-selector status.phase=Failed still lists it" \
+  "$(kubectl get whdr -n "${ns}" --field-selector status.phase=Failed -o name)" "webhookdeliveryrecord.history.webhooks.docrouter.ai/${failing}"
+expect "its record holds every attempt, the manual one last, and when it left etcd" \
+  "$(field "whdr/${failing}" '{.status.history[*].number} {.status.history[-1].trigger} {.status.phase}') $([[ -n "$(field "whdr/${failing}" '{.status.removedTime}')" ]] && echo removed)" \
+  "1 2 3 4 5 Manual Failed removed"
+expect "the endpoint's stats count its attempts of the last hour" \
+  "$(kubectl get webhookendpointstats -n "${ns}" failing -o jsonpath='{.windows[0].window} {.windows[0].attempts.5xx} {.windows[0].deliveries.failed}')" "1h 5 1"
+
 echo "# Ctrl-C, then make dev again: everything stops, data survives"
 stop_dev || fail "make dev did not stop cleanly"
 ok "make dev stopped (SIGTERM, as Ctrl-C) and left no process behind"
-for port in "${DEV_APISERVER_PORT}" "${DEV_ETCD_PORT}" "${DEV_PROBE_PORT}" 8090 9000; do
+for port in "${DEV_APISERVER_PORT}" "${DEV_ETCD_PORT}" "${DEV_PROBE_PORT}" "${DEV_HISTORY_API_PORT}" 8090 9000; do
   (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null && fail "port ${port} is still open after make dev stopped"
 done
-ok "ports ${DEV_APISERVER_PORT}, ${DEV_ETCD_PORT}, ${DEV_PROBE_PORT}, 8090 and 9000 are free again"
+ok "ports ${DEV_APISERVER_PORT}, ${DEV_ETCD_PORT}, ${DEV_PROBE_PORT}, ${DEV_HISTORY_API_PORT}, 8090 and 9000 are free again"
 start_dev
 ok "a second make dev is up"
-expect "the deliveries survived the restart" "$(field "whd/${signed}" '{.status.phase} {.status.attempts}') $(field "whd/${failing}" '{.status.phase} {.status.attempts}')" "Succeeded 1 Failed 5"
+eventually 60 "the history API answers again after the restart" kubectl get -n "${ns}" "whdr/${failing}"
+expect "the history survived the restart" "$(field "whdr/${signed}" '{.status.phase} {.status.attempts}') $(field "whdr/${failing}" '{.status.phase} {.status.attempts}')" "Succeeded 1 Failed 5"
 
 echo "# kill -9 make dev, then make dev again: it first stops what the killed one left running"
 cp "${root}/.dev/e2e-pids" "${root}/.dev/e2e-pids-killed"
@@ -298,4 +318,5 @@ start_dev
 grep -q '^dev: stopping what a previous run left behind' "${dev_log}" || fail "make dev did not report stopping the previous run's processes"
 [[ -z "$(still_running "${root}/.dev/e2e-pids-killed")" ]] || fail "processes of the killed run still run: $(still_running "${root}/.dev/e2e-pids-killed")"
 ok "make dev after a kill -9 stopped the previous run's processes and came up"
-expect "the deliveries are still there" "$(field "whd/${signed}" '{.status.phase}') $(field "whd/${failing}" '{.status.phase}')" "Succeeded Failed"
+eventually 60 "the history API answers after the kill -9 and the new start" kubectl get -n "${ns}" "whdr/${failing}"
+expect "the history is still there" "$(field "whdr/${signed}" '{.status.phase}') $(field "whdr/${failing}" '{.status.phase}')" "Succeeded Failed"

@@ -52,9 +52,35 @@ type Accepted struct {
 	EventID string `json:"event_id"`
 	// Deliveries are the deliveries of the event, one per subscribed endpoint.
 	Deliveries []Delivery `json:"deliveries"`
+	// Skipped are the endpoints that subscribe to the event's type but get no delivery of it:
+	// their spec.filter did not select it, or cannot be evaluated.
+	Skipped []Skipped `json:"skipped,omitempty"`
 	// Message explains an empty Deliveries list.
 	Message string `json:"message,omitempty"`
 }
+
+// Skipped is an endpoint that subscribes to the event's type and gets no delivery of it.
+type Skipped struct {
+	// Endpoint is the WebhookEndpoint.
+	Endpoint string `json:"endpoint"`
+	// Reason is SkippedNotMatched, SkippedInvalidFilter or SkippedFilterFailed.
+	Reason string `json:"reason"`
+	// Message says why, for the last two reasons.
+	Message string `json:"message,omitempty"`
+}
+
+// Reasons of Skipped.
+const (
+	// SkippedNotMatched: the endpoint's spec.filter is false for the event.
+	SkippedNotMatched = "FilterNotMatched"
+	// SkippedInvalidFilter: the endpoint's spec.filter does not compile, so nothing is delivered
+	// to it (the endpoint is Ready=False, reason InvalidFilter) until it is fixed. Publishing the
+	// same event_id again once it is fixed creates the delivery.
+	SkippedInvalidFilter = "InvalidFilter"
+	// SkippedFilterFailed: the endpoint's spec.filter failed on this event (such as a key of
+	// data that the event lacks, used without has()).
+	SkippedFilterFailed = "FilterFailed"
+)
 
 // Delivery is one WebhookDelivery of an accepted event.
 type Delivery struct {

@@ -12,6 +12,9 @@ const (
 	ConditionReconciling = "Reconciling"
 	// ConditionStalled is True once the controller has given up on a delivery.
 	ConditionStalled = "Stalled"
+	// ConditionThrottled is True while deliveries of an endpoint wait for their turn under its
+	// spec.rateLimit. It is not a failure: Ready stays as it is.
+	ConditionThrottled = "Throttled"
 )
 
 // Reasons of a WebhookEndpoint's Ready condition.
@@ -31,11 +34,22 @@ const (
 	ReasonInvalidSecret = "InvalidSecret"
 	// ReasonCABundleNotFound: the Secret or ConfigMap of spec.caBundleRef, or its key, is missing.
 	ReasonCABundleNotFound = "CABundleNotFound"
+	// ReasonInvalidFilter: spec.filter does not compile, or its cost could exceed the limit (the
+	// message holds the compiler's). No event is delivered to the endpoint until it is fixed.
+	ReasonInvalidFilter = "InvalidFilter"
 	// ReasonAutoDisabled: the operator disabled the endpoint (DisabledReasonAuto).
 	ReasonAutoDisabled = string(DisabledReasonAuto)
 	// ReasonEndpointGone: the receiver answered 410 Gone (DisabledReasonGone). On a delivery,
 	// the reason it failed at once, without retries.
 	ReasonEndpointGone = string(DisabledReasonGone)
+)
+
+// Reasons of a WebhookEndpoint's Throttled condition.
+const (
+	// ReasonRateLimited: deliveries wait for their turn under spec.rateLimit.
+	ReasonRateLimited = "RateLimited"
+	// ReasonWithinRateLimit: no delivery waits for the rate limit.
+	ReasonWithinRateLimit = "WithinRateLimit"
 )
 
 // DisabledReason says why the operator disabled an endpoint (status.disabledReason).

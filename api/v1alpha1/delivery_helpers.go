@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // DeliveryName is the name of the delivery of event eventID to endpoint: the same pair always
@@ -31,4 +32,13 @@ func NewDelivery(namespace, endpoint string, event Event) *WebhookDelivery {
 			Event:       event,
 		},
 	}
+}
+
+// TestEventID is the event id of the webhook.test delivery that the test annotation's value
+// token makes for the endpoint of this UID: the same pair always gives the same id, so a
+// repeated reconcile creates one delivery, and a client that set the annotation knows the name
+// of the delivery to watch: DeliveryName(endpoint, TestEventID(uid, token)).
+func TestEventID(endpointUID types.UID, token string) string {
+	sum := sha256.Sum256([]byte(string(endpointUID) + "/" + token))
+	return "test-" + hex.EncodeToString(sum[:12])
 }

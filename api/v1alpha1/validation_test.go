@@ -66,6 +66,27 @@ func TestEndpointValidation(t *testing.T) {
 		{"initial delay above cap", func(e *webhooksv1alpha1.WebhookEndpoint) {
 			e.Spec.RetryPolicy = &webhooksv1alpha1.RetryPolicy{InitialDelaySeconds: ptr.To[int32](600), MaxDelaySeconds: ptr.To[int32](60)}
 		}, "initialDelaySeconds must not exceed maxDelaySeconds"},
+		{"maxInFlight of 0", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Spec.MaxInFlight = ptr.To[int32](0) },
+			"spec.maxInFlight: Invalid value: 0: spec.maxInFlight in body should be greater than or equal to 1"},
+		{"maxInFlight above the operator's total", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Spec.MaxInFlight = ptr.To[int32](5000) },
+			"spec.maxInFlight in body should be less than or equal to 1024"},
+		{"maxInFlight and a rate limit", func(e *webhooksv1alpha1.WebhookEndpoint) {
+			e.Spec.MaxInFlight = ptr.To[int32](4)
+			e.Spec.RateLimit = &webhooksv1alpha1.RateLimit{Requests: 100, PeriodSeconds: ptr.To[int32](60)}
+		}, ""},
+		{"rate limit without requests", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Spec.RateLimit = &webhooksv1alpha1.RateLimit{} },
+			"spec.rateLimit.requests in body should be greater than or equal to 1"},
+		{"rate limit period of a week", func(e *webhooksv1alpha1.WebhookEndpoint) {
+			e.Spec.RateLimit = &webhooksv1alpha1.RateLimit{Requests: 1, PeriodSeconds: ptr.To[int32](7 * 86400)}
+		}, "spec.rateLimit.periodSeconds in body should be less than or equal to 86400"},
+		{"filter", func(e *webhooksv1alpha1.WebhookEndpoint) {
+			e.Spec.Filter = `event.organization_id == "org-1" && "invoices" in event.document.tag_ids`
+		}, ""},
+		{"blank filter", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Spec.Filter = " \n\t " },
+			"spec.filter is blank: remove it to receive every event of spec.eventTypes"},
+		{"filter longer than its bound", func(e *webhooksv1alpha1.WebhookEndpoint) {
+			e.Spec.Filter = strings.Repeat("true && ", webhooksv1alpha1.MaxFilterLength/8) + "true"
+		}, "spec.filter: Too long: may not be more than 4096"},
 		{"name too long for a label", func(e *webhooksv1alpha1.WebhookEndpoint) { e.Name = strings.Repeat("a", 64) },
 			"must be at most 63 characters"},
 	}

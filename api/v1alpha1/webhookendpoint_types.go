@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
@@ -16,7 +17,12 @@ const (
 	DefaultBackoffFactor       int32 = 2
 	DefaultMaxDelaySeconds     int32 = 4 * 60 * 60
 	DefaultJitterPercent       int32 = 10
+	// DefaultRateLimitPeriodSeconds is spec.rateLimit.periodSeconds when unset.
+	DefaultRateLimitPeriodSeconds int32 = 1
 )
+
+// MaxFilterLength bounds spec.filter, in characters (the CRD's MaxLength says the same).
+const MaxFilterLength = 4096
 
 // WebhookEndpointSpec is a receiver of webhooks and the events it subscribes to.
 // +kubebuilder:validation:XValidation:rule="!self.url.startsWith('http://') || (has(self.allowInsecureHTTP) && self.allowInsecureHTTP)",message="spec.url uses plain http://: use an https:// URL, or set spec.allowInsecureHTTP: true to accept an unencrypted endpoint"
@@ -104,6 +110,59 @@ type WebhookEndpointSpec struct {
 	// Nothing is dropped while paused; new deliveries are still created and wait.
 	// +optional
 	Paused bool `json:"paused,omitempty"`
+
+	// maxInFlight bounds the attempts in flight to this endpoint at once: a receiver that does
+	// work before it answers (an n8n workflow, a CRM) gets at most this many requests at a
+	// time; the others wait for a free slot, without failing. Defaults to the operator's
+	// --max-in-flight-per-endpoint (16); the operator's --max-in-flight (1024) bounds all
+	// endpoints together.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1024
+	MaxInFlight *int32 `json:"maxInFlight,omitempty"`
+
+	// rateLimit bounds the requests sent to this endpoint per period, for receivers that accept
+	// only so many (Zapier, n8n cloud, most CRMs). Requests are spaced evenly, one every
+	// periodSeconds/requests seconds, so that no window of periodSeconds holds more than
+	// requests of them. A delivery over the rate waits for its turn: it does not fail and does
+	// not use a retry. Retries (and a receiver's Retry-After) wait for their turn too. Unset: no
+	// rate limit.
+	// +optional
+	RateLimit *RateLimit `json:"rateLimit,omitempty"`
+
+	// filter is a CEL expression over the event as the receiver gets it (the payload's field
+	// names): only events for which it is true are delivered to this endpoint, such as
+	// event.organization_id == "org-1" && "invoices" in event.document.tag_ids.
+	// The variable event has event_id, event_type, timestamp (int), organization_id,
+	// document {document_id, document_name, tag_ids (list of strings), metadata (JSON object)}
+	// and data (JSON object; empty when the event has none); test a key of metadata or data
+	// with has(event.data.total) or event.data.?total.orValue(0) before using it. The intake
+	// applies it when an event is published, after spec.eventTypes: an event it is false for
+	// creates no delivery for this endpoint. An expression that does not compile, or whose cost
+	// on the largest event could exceed the limit, makes the endpoint Ready=False with reason
+	// InvalidFilter, and then no event is delivered to it until it is fixed. webhook.test
+	// events, and deliveries that exist already, are sent whatever it says. Unset: every event
+	// of spec.eventTypes.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=4096
+	// +kubebuilder:validation:XValidation:rule="self.matches('[^[:space:]]')",message="spec.filter is blank: remove it to receive every event of spec.eventTypes, or write a CEL expression such as event.organization_id == 'org-1'"
+	Filter string `json:"filter,omitempty"`
+}
+
+// RateLimit is a number of requests per period.
+type RateLimit struct {
+	// requests is how many requests may be sent per periodSeconds.
+	// +required
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	Requests int32 `json:"requests"`
+
+	// periodSeconds is the period, in seconds. Defaults to 1.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=86400
+	PeriodSeconds *int32 `json:"periodSeconds,omitempty"`
 }
 
 // SignatureScheme is how requests to an endpoint are signed.
@@ -199,9 +258,11 @@ type WebhookEndpointStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// conditions: Ready is True when the endpoint's URL and Secrets are usable (reasons:
-	// Valid, Paused, SecretNotFound, SecretKeyNotFound, InvalidSecret, CABundleNotFound,
-	// InvalidURL, AutoDisabled, EndpointGone; see condition_types.go).
+	// conditions: Ready is True when the endpoint's URL, Secrets and filter are usable
+	// (reasons: Valid, Paused, SecretNotFound, SecretKeyNotFound, InvalidSecret,
+	// CABundleNotFound, InvalidURL, InvalidFilter, AutoDisabled, EndpointGone; see
+	// condition_types.go). Throttled, on an endpoint with spec.rateLimit, is True while
+	// deliveries wait for their turn (reason RateLimited), else False (WithinRateLimit).
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -247,6 +308,18 @@ type WebhookEndpointStatus struct {
 	// +optional
 	LastTestToken string `json:"lastTestToken,omitempty"`
 
+	// throttledDeliveries is how many deliveries were waiting for their turn under
+	// spec.rateLimit when the status was last written; 0 or unset: none. Like the delivery
+	// health above, it is written at most every --health-update-interval (10 s), and at once
+	// when the endpoint starts or stops being throttled. The Throttled condition says the same
+	// in a sentence.
+	// +optional
+	ThrottledDeliveries int32 `json:"throttledDeliveries,omitempty"`
+
+	// throttledUntil is when the last of the waiting deliveries gets its turn: without new
+	// events, the endpoint is no longer throttled after it.
+	// +optional
+	ThrottledUntil *metav1.Time `json:"throttledUntil,omitempty"`
 	// backlog counts this endpoint's events that wait in the history store's backlog: accepted,
 	// kept durably in publish order, and not yet WebhookDeliveries because the endpoint's
 	// unfinished deliveries in etcd reached the operator's --max-live-deliveries-per-endpoint
@@ -273,6 +346,7 @@ type WebhookEndpointStatus struct {
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Paused",type=boolean,JSONPath=`.spec.paused`,priority=1
 // +kubebuilder:printcolumn:name="Failures",type=integer,JSONPath=`.status.consecutiveFailures`,priority=1
+// +kubebuilder:printcolumn:name="Throttled",type=integer,JSONPath=`.status.throttledDeliveries`,priority=1
 // +kubebuilder:printcolumn:name="Backlog",type=integer,JSONPath=`.status.backlog`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name of a WebhookEndpoint must be at most 63 characters, so that its deliveries can carry it as a label"
@@ -325,6 +399,30 @@ func (s *WebhookEndpointSpec) Subscribes(eventType string) bool {
 		}
 	}
 	return false
+}
+
+// GetMaxInFlight is the bound on the endpoint's attempts in flight: spec.maxInFlight, or
+// operatorDefault (the operator's --max-in-flight-per-endpoint; 0: no bound) when unset.
+func (s *WebhookEndpointSpec) GetMaxInFlight(operatorDefault int) int {
+	if s.MaxInFlight == nil {
+		return operatorDefault
+	}
+	return int(*s.MaxInFlight)
+}
+
+// GetPeriod is the rate limit's period, defaulted.
+func (r *RateLimit) GetPeriod() time.Duration {
+	return time.Duration(deref(r.PeriodSeconds, DefaultRateLimitPeriodSeconds)) * time.Second
+}
+
+// Interval is the time between two requests under the rate limit: the period over requests.
+func (r *RateLimit) Interval() time.Duration {
+	return r.GetPeriod() / time.Duration(max(r.Requests, 1))
+}
+
+// String is the rate in words, such as "5 requests per 1s".
+func (r *RateLimit) String() string {
+	return fmt.Sprintf("%d requests per %s", r.Requests, r.GetPeriod())
 }
 
 // GetMaxRetries is the number of retries after the first attempt, defaulted.

@@ -152,6 +152,7 @@ var populated struct {
 }
 
 func populatedStore(tb testing.TB, engine int, n int) history.Store {
+	tb.Helper()
 	populated.Lock()
 	defer populated.Unlock()
 	if populated.stores == nil {

@@ -32,6 +32,7 @@ var engines = []struct {
 var t0 = time.Date(2031, 3, 14, 10, 0, 0, 0, time.UTC)
 
 func ctxT(tb testing.TB) context.Context {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	tb.Cleanup(cancel)
 	return ctx
@@ -129,9 +130,10 @@ func mustRevision(tb testing.TB, s history.Store) int64 {
 	return rev
 }
 
-func mustStats(tb testing.TB, s history.Store, ns, endpoint string, now time.Time) *history.Stats {
+// mustStats are the stats of an endpoint of team-a, the fixtures' namespace.
+func mustStats(tb testing.TB, s history.Store, endpoint string, now time.Time) *history.Stats {
 	tb.Helper()
-	st, err := s.Stats(ctxT(tb), history.EndpointKey{Namespace: ns, Name: endpoint}, now)
+	st, err := s.Stats(ctxT(tb), history.EndpointKey{Namespace: "team-a", Name: endpoint}, now)
 	if err != nil {
 		tb.Fatal(err)
 	}

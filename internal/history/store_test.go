@@ -132,7 +132,7 @@ func testIdempotentWrite(t *testing.T, s history.Store) {
 	mustWrite(t, s, recs...)
 	rev := mustRevision(t, s)
 	before := listAll(t, s, history.ListOptions{})
-	stats := mustStats(t, s, "team-a", "crm", t0.Add(time.Hour))
+	stats := mustStats(t, s, "crm", t0.Add(time.Hour))
 
 	mustWrite(t, s, recs...)
 	mustWrite(t, s, recs[3:5]...)
@@ -149,7 +149,7 @@ func testIdempotentWrite(t *testing.T, s history.Store) {
 			t.Errorf("%s has %d attempts, want 3", r.Name, len(got.Attempts))
 		}
 	}
-	if again := mustStats(t, s, "team-a", "crm", t0.Add(time.Hour)); !reflect.DeepEqual(stats, again) {
+	if again := mustStats(t, s, "crm", t0.Add(time.Hour)); !reflect.DeepEqual(stats, again) {
 		t.Errorf("stats changed by writing the same snapshots again:\nbefore %+v\nafter  %+v", stats.Windows[0], again.Windows[0])
 	}
 	if w := stats.Windows[0]; w.Failed != 10 || w.Attempts["5xx"] != 30 {
@@ -179,7 +179,7 @@ func testAttemptsBeyondStatus(t *testing.T, s history.Store) {
 	if got.AttemptCount != 25 || got.Phase != failed {
 		t.Fatalf("attempt count %d, phase %s; want 25, Failed", got.AttemptCount, got.Phase)
 	}
-	st := mustStats(t, s, "team-a", "crm", t0.Add(30*time.Minute))
+	st := mustStats(t, s, "crm", t0.Add(30*time.Minute))
 	if n := st.Windows[0].Attempts["5xx"]; n != 25 {
 		t.Fatalf("stats count %d attempts, want 25 (each once)", n)
 	}
@@ -614,13 +614,13 @@ func testPruneRollups(t *testing.T, s history.Store) {
 	oldR := record("team-a", "crm", "evt-old", "uid-1", succeeded, attempt(1, now.Add(-3*24*time.Hour), "Success", 200, time.Millisecond))
 	newR := record("team-a", "crm", "evt-new", "uid-2", succeeded, attempt(1, now.Add(-time.Hour), "Success", 200, time.Millisecond))
 	mustWrite(t, s, oldR, newR)
-	if w := mustStats(t, s, "team-a", "crm", now).Windows[2]; w.Succeeded != 2 || w.Attempts["2xx"] != 2 {
+	if w := mustStats(t, s, "crm", now).Windows[2]; w.Succeeded != 2 || w.Attempts["2xx"] != 2 {
 		t.Fatalf("the week counts %d deliveries and %d attempts, want 2 and 2", w.Succeeded, w.Attempts["2xx"])
 	}
 	if _, err := s.Prune(ctxT(t), now.Add(-2*24*time.Hour), 1); err != nil {
 		t.Fatal(err)
 	}
-	if w := mustStats(t, s, "team-a", "crm", now).Windows[2]; w.Succeeded != 1 || w.Attempts["2xx"] != 1 {
+	if w := mustStats(t, s, "crm", now).Windows[2]; w.Succeeded != 1 || w.Attempts["2xx"] != 1 {
 		t.Fatalf("after the prune the week counts %d deliveries and %d attempts, want 1 and 1", w.Succeeded, w.Attempts["2xx"])
 	}
 }
@@ -814,7 +814,7 @@ func testBacklogDrain(t *testing.T, s history.Store) {
 	if want := map[history.EndpointKey]int64{erp: 4, crmB: 1}; !reflect.DeepEqual(counts, want) {
 		t.Fatalf("counts after draining crm: %v, want %v", counts, want)
 	}
-	if st := mustStats(t, s, "team-a", "erp", t0); st.Backlog != 4 {
+	if st := mustStats(t, s, "erp", t0); st.Backlog != 4 {
 		t.Fatalf("stats backlog %d, want 4", st.Backlog)
 	}
 	// A deleted item's name is free again.
@@ -895,7 +895,7 @@ func testStats(t *testing.T, s history.Store) {
 		record("team-b", "crm", "evt-y", "uid-y", failed, attempt(1, now.Add(-time.Minute), "Timeout", 0, time.Second)))
 	mustWrite(t, s, recs...)
 
-	st := mustStats(t, s, "team-a", "crm", now)
+	st := mustStats(t, s, "crm", now)
 	if len(st.Windows) != len(history.StatsWindows) {
 		t.Fatalf("%d windows", len(st.Windows))
 	}
@@ -953,7 +953,7 @@ func testStats(t *testing.T, s history.Store) {
 	if st.Unfinished != retryingCount {
 		t.Errorf("unfinished %d, want %d", st.Unfinished, retryingCount)
 	}
-	empty := mustStats(t, s, "team-a", "nothing", now)
+	empty := mustStats(t, s, "nothing", now)
 	if w := empty.Windows[0]; w.SuccessRate != -1 || w.LatencyP50 != 0 || w.Attempts["2xx"] != 0 {
 		t.Errorf("an endpoint without records: %+v", w)
 	}
@@ -993,7 +993,7 @@ func testManualRetryCounted(t *testing.T, s history.Store) {
 	mustWrite(t, s, retried)
 	mustWrite(t, s, retried)
 
-	w := mustStats(t, s, "team-a", "crm", now).Windows[0]
+	w := mustStats(t, s, "crm", now).Windows[0]
 	if w.Failed != 1 || w.Succeeded != 1 {
 		t.Fatalf("%d failed and %d succeeded, want 1 and 1", w.Failed, w.Succeeded)
 	}
@@ -1083,7 +1083,7 @@ func testConcurrentWriters(t *testing.T, s history.Store) {
 	if len(revisions) != deliveries {
 		t.Fatalf("%d records, want %d", len(revisions), deliveries)
 	}
-	w := mustStats(t, s, "team-a", "crm", t0.Add(30*time.Minute)).Windows[0]
+	w := mustStats(t, s, "crm", t0.Add(30*time.Minute)).Windows[0]
 	if w.Attempts["5xx"] != deliveries*attempts || w.Failed != deliveries {
 		t.Fatalf("stats: %d attempts and %d failed, want %d and %d (each once)", w.Attempts["5xx"], w.Failed, deliveries*attempts, deliveries)
 	}

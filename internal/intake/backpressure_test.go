@@ -39,13 +39,13 @@ import (
 // startStack runs the operator's controllers for ns, with store (nil: none), and serves the
 // intake wired to them as main.go wires it: the working set admits its deliveries and the
 // store's backlog takes those beyond it. It returns the intake's URL.
-func startStack(t testing.TB, e *testenv.Env, ns string, opts controllers.Options, store history.Store) string {
-	t.Helper()
+func startStack(tb testing.TB, e *testenv.Env, ns string, opts controllers.Options, store history.Store) string {
+	tb.Helper()
 	var h *intake.Handler
 	opts.Namespaces, opts.SecretTTL = []string{ns}, 0
 	mgrOpts := e.ManagerOptions(ns)
 	mgrOpts.Cache = controllers.CacheOptions(mgrOpts.Cache)
-	e.StartManager(t, mgrOpts, func(ctx context.Context, mgr ctrl.Manager) error {
+	e.StartManager(tb, mgrOpts, func(ctx context.Context, mgr ctrl.Manager) error {
 		op, err := controllers.Setup(ctx, mgr, opts, controllers.Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{}), Store: store})
 		if err != nil {
 			return err
@@ -54,7 +54,7 @@ func startStack(t testing.TB, e *testenv.Env, ns string, opts controllers.Option
 		return nil
 	})
 	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
+	tb.Cleanup(srv.Close)
 	return srv.URL
 }
 
@@ -94,29 +94,29 @@ func TestPublishBeyondTheWorkingSetWithoutAStoreIsRefusedWith429(t *testing.T) {
 }
 
 // pause sets spec.paused on an endpoint.
-func pause(t testing.TB, ns, name string) {
-	t.Helper()
-	setPaused(t, ns, name, true)
+func pause(tb testing.TB, ns, name string) {
+	tb.Helper()
+	setPaused(tb, ns, name, true)
 }
 
-func setPaused(t testing.TB, ns, name string, paused bool) {
-	t.Helper()
+func setPaused(tb testing.TB, ns, name string, paused bool) {
+	tb.Helper()
 	ep := &webhooksv1alpha1.WebhookEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
 	data := fmt.Sprintf(`{"spec":{"paused":%t}}`, paused)
 	if err := env.Client.Patch(context.Background(), ep, client.RawPatch(types.MergePatchType, []byte(data))); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 }
 
 // endpointIn is endpoint on the control plane e.
-func endpointIn(t testing.TB, e *testenv.Env, ns, name, url string, types ...string) {
-	t.Helper()
+func endpointIn(tb testing.TB, e *testenv.Env, ns, name, url string, types ...string) {
+	tb.Helper()
 	ep := &webhooksv1alpha1.WebhookEndpoint{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec:       webhooksv1alpha1.WebhookEndpointSpec{URL: url, AllowInsecureHTTP: true, EventTypes: types, TimeoutSeconds: ptr.To[int32](2)},
 	}
 	if err := e.Client.Create(context.Background(), ep); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+	"github.com/docrouter/webhook-operator/internal/filter"
 	"github.com/docrouter/webhook-operator/internal/history"
 	"github.com/docrouter/webhook-operator/internal/metrics"
 	"github.com/docrouter/webhook-operator/publish"
@@ -26,7 +27,8 @@ const (
 	retryAfterEtcdFull = 30 * time.Second
 )
 
-// fanOut takes the event's delivery for each subscribed endpoint of ns: as a WebhookDelivery
+// fanOut takes the event's delivery for each subscribed endpoint of ns whose spec.filter, if
+// any, selects it (filter.go; the others are listed under skipped): as a WebhookDelivery
 // when the working set has room and the endpoint has no backlog, else into the history store's
 // backlog, where it waits in publish order. A delivery that already exists, or that the store
 // already holds (the event id was published before), is reported with created=false. A
@@ -42,15 +44,26 @@ func (h *Handler) fanOut(ctx context.Context, ns string, event webhooksv1alpha1.
 			message: fmt.Sprintf("could not list the WebhookEndpoints of namespace %q (%s): publish the same event_id again", ns, reasonOf(err))}
 	}
 	accepted := &publish.Accepted{EventID: event.ID, Deliveries: []publish.Delivery{}}
+	input := filter.NewInput(&event)
 	for i := range endpoints.Items {
 		ep := &endpoints.Items[i]
-		if ep.Spec.Subscribes(event.Type) {
-			accepted.Deliveries = append(accepted.Deliveries, publish.Delivery{
-				Name: webhooksv1alpha1.DeliveryName(ep.Name, event.ID), Endpoint: ep.Name,
-			})
+		if !ep.Spec.Subscribes(event.Type) {
+			continue
 		}
+		if skipped := h.skippedBy(ep, input, event.Type); skipped != nil {
+			accepted.Skipped = append(accepted.Skipped, *skipped)
+			continue
+		}
+		accepted.Deliveries = append(accepted.Deliveries, publish.Delivery{
+			Name: webhooksv1alpha1.DeliveryName(ep.Name, event.ID), Endpoint: ep.Name,
+		})
 	}
-	if len(accepted.Deliveries) == 0 {
+	switch {
+	case len(accepted.Deliveries) == 0 && len(accepted.Skipped) > 0:
+		accepted.Message = fmt.Sprintf("the %d WebhookEndpoints of namespace %q that subscribe to %s did not select the event with their spec.filter (see skipped): nothing will be delivered",
+			len(accepted.Skipped), ns, event.Type)
+		return accepted, nil
+	case len(accepted.Deliveries) == 0:
 		accepted.Message = fmt.Sprintf("no WebhookEndpoint in namespace %q subscribes to %s: nothing will be delivered", ns, event.Type)
 		return accepted, nil
 	}

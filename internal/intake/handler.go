@@ -2,7 +2,7 @@
 // one event, checks the caller with the Kubernetes API (TokenReview, then SubjectAccessReview
 // of create on webhookevents.webhooks.docrouter.ai in that namespace), and creates one
 // WebhookDelivery for each WebhookEndpoint of the namespace that subscribes to the event's
-// type. A delivery's name derives from its endpoint and the event id, so publishing the same
+// type and whose spec.filter, if any, selects it (filter.go). A delivery's name derives from its endpoint and the event id, so publishing the same
 // event id again creates nothing new.
 package intake
 
@@ -21,6 +21,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/docrouter/webhook-operator/internal/filter"
 	"github.com/docrouter/webhook-operator/internal/history"
 	"github.com/docrouter/webhook-operator/internal/metrics"
 	"github.com/docrouter/webhook-operator/publish"
@@ -92,6 +93,7 @@ type Handler struct {
 	client    client.Client
 	endpoints client.Reader
 	reviewer  *reviewer
+	filters   *filter.Cache
 	opts      Options
 	mux       *http.ServeMux
 }
@@ -114,7 +116,7 @@ func NewHandler(c client.Client, endpoints client.Reader, opts Options) *Handler
 	if opts.NewEventID == nil {
 		opts.NewEventID = newUUID
 	}
-	h := &Handler{client: c, endpoints: endpoints, opts: opts, mux: http.NewServeMux()}
+	h := &Handler{client: c, endpoints: endpoints, opts: opts, mux: http.NewServeMux(), filters: filter.NewCache(filter.DefaultCacheSize)}
 	if !opts.AllowAnonymous {
 		h.reviewer = newReviewer(c, opts.Audiences, opts.AuthCacheTTL, opts.AuthCacheSize)
 	}

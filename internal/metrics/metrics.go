@@ -27,6 +27,9 @@ const (
 	AttemptsInFlightName      = "docrouter_webhook_attempts_in_flight"
 	EventsPublishedName       = "docrouter_webhook_events_published_total"
 	BulkRetriedDeliveriesName = "docrouter_webhook_bulk_retried_deliveries_total"
+	AttemptsThrottledName     = "docrouter_webhook_attempts_throttled_total"
+	DeliveriesThrottledName   = "docrouter_webhook_deliveries_throttled"
+	DeliveriesFilteredName    = "docrouter_webhook_deliveries_filtered_total"
 	HistoryStoreUpName        = "docrouter_webhook_history_store_up"
 	HistoryWritesName         = "docrouter_webhook_history_writes_total"
 	HistoryPendingName        = "docrouter_webhook_history_pending_records"
@@ -54,6 +57,17 @@ const (
 	ClassInvalid = "invalid"
 	// ClassOther is anything else, such as a 1xx final answer.
 	ClassOther = "other"
+)
+
+// Why the intake created no delivery for a subscribed endpoint, the values of the reason label
+// of docrouter_webhook_deliveries_filtered_total.
+const (
+	// FilterNoMatch: the endpoint's spec.filter is false for the event.
+	FilterNoMatch = "no_match"
+	// FilterInvalid: the endpoint's spec.filter does not compile (its Ready condition says why).
+	FilterInvalid = "invalid"
+	// FilterError: the filter failed on this event (a key the event lacks, a type it does not expect).
+	FilterError = "error"
 )
 
 var (
@@ -104,6 +118,20 @@ var (
 		Name: BulkRetriedDeliveriesName,
 		Help: "Failed deliveries retried through an endpoint's retry-failed annotation, by namespace.",
 	}, []string{"namespace"})
+
+	// AttemptsThrottled counts attempts that had to wait for their turn under their endpoint's
+	// spec.rateLimit (once per attempt, however long it waited).
+	AttemptsThrottled = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: AttemptsThrottledName,
+		Help: "Attempts that waited for their turn under their endpoint's spec.rateLimit, by namespace.",
+	}, []string{"namespace"})
+
+	// DeliveriesFiltered counts the deliveries the intake did not create because of an
+	// endpoint's spec.filter, by reason (no_match, invalid, error).
+	DeliveriesFiltered = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: DeliveriesFilteredName,
+		Help: "Deliveries not created because of the endpoint's spec.filter, by namespace and reason (no_match; invalid: the filter does not compile; error: it failed on the event).",
+	}, []string{"namespace", "reason"})
 
 	// HistoryStoreUp is 1 while the history store answers, 0 when it does not.
 	HistoryStoreUp = prometheus.NewGauge(prometheus.GaugeOpts{
@@ -172,7 +200,7 @@ func init() {
 	ctrlmetrics.Registry.MustRegister(DeliveriesFinished, Attempts, AttemptDuration, DeliveryLag,
 		AttemptsInFlight, EventsPublished, BulkRetriedDeliveries, pending,
 		HistoryStoreUp, HistoryWrites, HistoryPending, HistoryDropped, ArchiveLag, WorkingSet, Backlog,
-		EventsRefused, EventsQueued)
+		EventsRefused, EventsQueued, AttemptsThrottled, throttled, DeliveriesFiltered)
 }
 
 // RecordEventPublished counts one event accepted by the intake. An event type outside the
@@ -192,5 +220,6 @@ func Names() []string {
 	return []string{DeliveriesFinishedName, AttemptsName, AttemptDurationName, DeliveryLagName,
 		DeliveriesPendingName, AttemptsInFlightName, EventsPublishedName, BulkRetriedDeliveriesName,
 		HistoryStoreUpName, HistoryWritesName, HistoryPendingName, HistoryDroppedName, ArchiveLagName,
-		WorkingSetName, BacklogName, EventsRefusedName, EventsQueuedName}
+		WorkingSetName, BacklogName, EventsRefusedName, EventsQueuedName,
+		AttemptsThrottledName, DeliveriesThrottledName, DeliveriesFilteredName}
 }

@@ -10,9 +10,14 @@ import (
 // informer cache: the backlog includes deliveries that no worker has looked at yet.
 type PendingCounter func() (map[string]int, error)
 
-// pendingCollector reports docrouter_webhook_deliveries_pending from the registered counters.
-// A manager registers its counter only while it is the leader, so that the replicas of one
-// installation do not each report the same backlog.
+// ThrottledCounter counts, at scrape time, the deliveries per namespace that wait for their
+// turn under their endpoint's spec.rateLimit.
+type ThrottledCounter = PendingCounter
+
+// pendingCollector reports a gauge by namespace from the registered counters:
+// docrouter_webhook_deliveries_pending, and docrouter_webhook_deliveries_throttled. A manager
+// registers its counter only while it is the leader, so that the replicas of one installation
+// do not each report the same backlog.
 type pendingCollector struct {
 	desc *prometheus.Desc
 
@@ -28,17 +33,30 @@ var pending = &pendingCollector{
 	counters: map[int]PendingCounter{},
 }
 
+var throttled = &pendingCollector{
+	desc: prometheus.NewDesc(DeliveriesThrottledName,
+		"Deliveries waiting for their turn under their endpoint's spec.rateLimit, by namespace, on the leader.",
+		[]string{"namespace"}, nil),
+	counters: map[int]PendingCounter{},
+}
+
 // RegisterPendingCounter adds a source of the pending gauge until the returned function is called.
-func RegisterPendingCounter(c PendingCounter) (unregister func()) {
-	pending.mu.Lock()
-	defer pending.mu.Unlock()
-	id := pending.next
-	pending.next++
-	pending.counters[id] = c
+func RegisterPendingCounter(c PendingCounter) (unregister func()) { return pending.register(c) }
+
+// RegisterThrottledCounter adds a source of the throttled gauge until the returned function is
+// called.
+func RegisterThrottledCounter(c ThrottledCounter) (unregister func()) { return throttled.register(c) }
+
+func (c *pendingCollector) register(f PendingCounter) (unregister func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	id := c.next
+	c.next++
+	c.counters[id] = f
 	return func() {
-		pending.mu.Lock()
-		delete(pending.counters, id)
-		pending.mu.Unlock()
+		c.mu.Lock()
+		delete(c.counters, id)
+		c.mu.Unlock()
 	}
 }
 

@@ -1,7 +1,8 @@
 // Package testenv runs a real kube-apiserver and etcd (envtest) with the operator's CRDs
 // installed, and scopes a controller-runtime manager to one namespace per test, so that tests
 // run in isolation against the real API server: CEL validation, the status subresource,
-// patches and watches behave as in a cluster.
+// patches and watches behave as in a cluster. API aggregation is on (the front-proxy flags of
+// internal/aggregation), so an aggregated API such as the history API can be registered.
 //
 // The binaries come from KUBEBUILDER_ASSETS, which `make test` points at the control plane that
 // hack/controlplane.sh builds from Go modules.
@@ -14,9 +15,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,6 +42,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
+	"github.com/docrouter/webhook-operator/internal/aggregation"
 )
 
 // Env is a running control plane with the CRDs installed.
@@ -46,6 +51,11 @@ type Env struct {
 	Client client.Client
 	Scheme *k8sruntime.Scheme
 	env    *envtest.Environment
+	// frontProxyDir holds the front-proxy CA and client certificate (removed by Stop).
+	frontProxyDir string
+	// controllerManager is kube-controller-manager, when StartControllerManager ran it.
+	controllerManager *exec.Cmd
+	controllerDir     string
 }
 
 // Scheme returns a scheme with the built-in kinds and the operator's kinds.
@@ -110,8 +120,18 @@ func start(settings Settings) (*Env, error) {
 		etcd.Configure().Set("quota-backend-bytes", strconv.FormatInt(settings.EtcdQuotaBytes, 10))
 		e.ControlPlane.Etcd = etcd
 	}
+	// API aggregation on, as in a cluster: the history API is an APIService.
+	frontProxyDir, err := os.MkdirTemp("", "envtest-front-proxy-")
+	if err != nil {
+		return nil, err
+	}
+	if err := aggregation.ConfigureFrontProxy(e.ControlPlane.GetAPIServer(), frontProxyDir); err != nil {
+		_ = os.RemoveAll(frontProxyDir)
+		return nil, err
+	}
 	cfg, err := e.Start()
 	if err != nil {
+		_ = os.RemoveAll(frontProxyDir)
 		return nil, fmt.Errorf("starting envtest: %w", err)
 	}
 	// Unthrottled, as controller-runtime's GetConfig leaves it.
@@ -119,9 +139,10 @@ func start(settings Settings) (*Env, error) {
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		_ = e.Stop()
+		_ = os.RemoveAll(frontProxyDir)
 		return nil, err
 	}
-	return &Env{Config: cfg, Client: c, Scheme: scheme, env: e}, nil
+	return &Env{Config: cfg, Client: c, Scheme: scheme, env: e, frontProxyDir: frontProxyDir}, nil
 }
 
 // zapLevel is quiet by default; TEST_LOG_LEVEL=debug shows the controllers' logs.
@@ -132,8 +153,69 @@ func zapLevel() zapcore.Level {
 	return 2 // error and above
 }
 
+// StartControllerManager runs kube-controller-manager (from KUBEBUILDER_ASSETS, which
+// hack/controlplane.sh fills) against the control plane with only the given controllers, such
+// as clusterrole-aggregation, which fills the built-in view, edit and admin ClusterRoles from
+// the ClusterRoles labelled to aggregate into them (envtest runs no controllers). Stop stops it.
+func (e *Env) StartControllerManager(controllers ...string) error {
+	bin := filepath.Join(os.Getenv("KUBEBUILDER_ASSETS"), "kube-controller-manager")
+	if _, err := os.Stat(bin); err != nil {
+		return fmt.Errorf("kube-controller-manager is not in KUBEBUILDER_ASSETS (%s): run hack/controlplane.sh, which builds it", bin)
+	}
+	user, err := e.env.AddUser(envtest.User{Name: "system:kube-controller-manager", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return err
+	}
+	kubeconfig, err := user.KubeConfig()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "envtest-kcm-")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "kubeconfig"), kubeconfig, 0o600); err != nil {
+		return err
+	}
+	logFile, err := os.Create(filepath.Join(dir, "kube-controller-manager.log"))
+	if err != nil {
+		return err
+	}
+	defer func() { _ = logFile.Close() }() // the child process holds its own descriptor
+	cmd := exec.Command(bin,
+		"--kubeconfig="+filepath.Join(dir, "kubeconfig"),
+		"--controllers="+strings.Join(controllers, ","),
+		"--leader-elect=false",
+		"--secure-port=0",
+		"--use-service-account-credentials=false",
+	)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		_ = os.RemoveAll(dir)
+		return fmt.Errorf("starting kube-controller-manager: %w", err)
+	}
+	e.controllerManager, e.controllerDir = cmd, dir
+	return nil
+}
+
 // Stop stops the control plane.
-func (e *Env) Stop() error { return e.env.Stop() }
+func (e *Env) Stop() error {
+	if cmd := e.controllerManager; cmd != nil {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		_ = os.RemoveAll(e.controllerDir)
+	}
+	err := e.env.Stop()
+	_ = os.RemoveAll(e.frontProxyDir)
+	return err
+}
 
 // Environment exposes envtest's environment (for its control plane's processes).
 func (e *Env) Environment() *envtest.Environment { return e.env }

@@ -43,16 +43,29 @@ import (
 
 var env *testenv.Env
 
-func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env)) }
+func TestMain(m *testing.M) {
+	if scheme := os.Getenv(holdReceiverEnv); scheme != "" {
+		os.Exit(runHoldReceiver(scheme)) // the child process of (9)
+	}
+	os.Exit(testenv.Run(m, &env))
+}
 
 // Sizes, overridable for a quick run: BENCH_EVENTS=500 BENCH_MEMORY=2000,10000 make bench.
+// BENCH_ROWS=7,9 measures only those rows (and the limit).
 var (
 	pipelineEvents = envInt("BENCH_EVENTS", 2000)
+	inFlightCount  = envInt("BENCH_IN_FLIGHT", 500)
 	memoryCounts   = envInts("BENCH_MEMORY", []int{10000, 50000})
 	budget         = 9 * time.Minute // the whole run must end within 10 minutes
 )
 
 var signingKey = []byte("whsec-bench-signing-key")
+
+// slowEndpoints is the number of endpoints of the slow-receiver rows.
+const slowEndpoints = 40
+
+// benchFilter selects every benchEvent, reading a top-level field, a tag and a key of data.
+const benchFilter = `event.organization_id == "org-bench" && "invoices" in event.document.tag_ids && event.data.?currency.orValue("") == "EUR"`
 
 // table collects the rows printed at the end.
 type table struct {
@@ -80,84 +93,164 @@ func TestBench(t *testing.T) {
 	tab.add("machine", fmt.Sprintf("%d CPUs", runtime.NumCPU()), strings.TrimSpace(string(out)))
 
 	// (5, first half) the operator's memory before any delivery exists.
-	bin := buildOperator(t)
-	kubeconfig := writeKubeconfig(t)
-	rss0 := operatorRSS(t, bin, kubeconfig)
-	progress("operator RSS with 0 finished deliveries: %s", mib(rss0.settled))
+	var bin, kubeconfig string
+	var rss0 rss
+	if want(5) {
+		bin = buildOperator(t)
+		kubeconfig = writeKubeconfig(t)
+		rss0 = operatorRSS(t, bin, kubeconfig)
+		progress("operator RSS with 0 finished deliveries: %s", mib(rss0.settled))
+	}
 
-	// (1) the limit.
+	// (1) the limit, which every ratio refers to: measured in every run.
 	limit, limitConc := measureLimit(t)
 	tab.add("(1) limit: create + 1 status patch, unthrottled", fmt.Sprintf("%.0f objects/s", limit),
 		fmt.Sprintf("best of concurrency 8/16/32/64 (best: %d)", limitConc))
 
 	// (2) the pipeline at fan-out 1 and 5.
-	tput1 := runPipeline(t, pipelineRun{endpoints: 1, events: pipelineEvents, publishers: 32})
-	tput5 := runPipeline(t, pipelineRun{endpoints: 5, events: pipelineEvents / 5, publishers: 32})
-	for _, r := range []struct {
-		name string
-		res  pipelineResult
-	}{{"fan-out 1", tput1}, {"fan-out 5", tput5}} {
-		ratio := r.res.rate / limit
-		tab.add("(2) pipeline "+r.name+", deliveries/s", fmt.Sprintf("%.0f/s (%.2f of limit)", r.res.rate, ratio),
-			fmt.Sprintf("%d deliveries, all Succeeded; goal >= 0.70: %s", r.res.deliveries, met(ratio >= 0.7)))
+	var tput1, tput5 pipelineResult
+	if want(2) || want(3) {
+		tput1 = runPipeline(t, pipelineRun{endpoints: 1, events: pipelineEvents, publishers: 32})
 	}
-	tab.add("    how events were published", "the intake", "POST /v1/namespaces/NS/events (internal/intake, anonymous) in the operator's process; it fans out to every subscribed endpoint")
+	if want(2) {
+		tput5 = runPipeline(t, pipelineRun{endpoints: 5, events: pipelineEvents / 5, publishers: 32})
+	}
+	if want(2) {
+		for _, r := range []struct {
+			name string
+			res  pipelineResult
+		}{{"fan-out 1", tput1}, {"fan-out 5", tput5}} {
+			ratio := r.res.rate / limit
+			tab.add("(2) pipeline "+r.name+", deliveries/s", fmt.Sprintf("%.0f/s (%.2f of limit)", r.res.rate, ratio),
+				fmt.Sprintf("%d deliveries, all Succeeded; goal >= 0.70: %s", r.res.deliveries, met(ratio >= 0.7)))
+		}
+		tab.add("    how events were published", "the intake", "POST /v1/namespaces/NS/events (internal/intake, anonymous) in the operator's process; it fans out to every subscribed endpoint")
+	}
+
+	// (7) slow receivers: 40 endpoints whose receivers take 500 ms and 2 s to answer, with the
+	// operator's default flags, and the same 40 answering at once for comparison. The rate is
+	// deliveries over the time from the first publish to the last Succeeded, less one receiver
+	// delay: the pipeline's fill (nothing completes before the first answers), which a run of a
+	// few seconds would otherwise count against the operator.
+	if want(7) {
+		var atOnce float64
+		for _, delay := range []time.Duration{0, 500 * time.Millisecond, 2 * time.Second} {
+			// 4 publishers: each event makes 40 deliveries (16 created at once), so 64 creates are
+			// under way at a time, as many as 32 publishers of fan-out 2 would make.
+			res := runPipeline(t, pipelineRun{endpoints: slowEndpoints, events: max(pipelineEvents/slowEndpoints, 10), publishers: 4, delay: delay})
+			rate := float64(res.deliveries) / (res.took - delay).Seconds()
+			ratio := rate / limit
+			note := fmt.Sprintf("%d deliveries, all Succeeded, in %s; default flags (--workers %d, --max-in-flight-per-endpoint %d, --max-in-flight %d)",
+				res.deliveries, res.took.Round(100*time.Millisecond), controllers.DefaultOptions().Workers,
+				controllers.DefaultOptions().MaxInFlightPerEndpoint, controllers.DefaultOptions().MaxInFlight)
+			switch delay {
+			case 0:
+				atOnce = rate
+			case 2 * time.Second:
+				note += fmt.Sprintf("; %.2f of answering at once; goal >= 0.70 of the limit: %s", rate/atOnce, met(ratio >= 0.7))
+			default:
+				note += fmt.Sprintf("; %.2f of answering at once", rate/atOnce)
+			}
+			tab.add(fmt.Sprintf("(7) receivers answering in %s, %d endpoints", delay, slowEndpoints),
+				fmt.Sprintf("%.0f/s (%.2f of limit)", rate, ratio), note)
+		}
+	}
+
+	// (8) the cost of spec.filter: the fan-out 5 pipeline without filters, then at once with a
+	// filter on every endpoint that selects every event (so the same deliveries are made). The
+	// two runs are next to each other: a run late in the benchmark meets a fuller etcd and
+	// watch cache than (2) did, which would count against the filter.
+	if want(8) {
+		none := runPipeline(t, pipelineRun{endpoints: 5, events: pipelineEvents / 5, publishers: 32})
+		filtered := runPipeline(t, pipelineRun{endpoints: 5, events: pipelineEvents / 5, publishers: 32, filter: benchFilter})
+		tab.add("(8) fan-out 5, spec.filter on every endpoint", fmt.Sprintf("%.0f/s (%.2f of no filter)", filtered.rate, filtered.rate/none.rate),
+			fmt.Sprintf("%d deliveries; the same without filters just before: %.0f/s; filter %s", filtered.deliveries, none.rate, benchFilter))
+	}
+
+	// (9) memory per attempt in flight.
+	if want(9) {
+		for _, tls := range []bool{false, true} {
+			m := measureInFlightMemory(t, inFlightCount, tls)
+			scheme := "http"
+			if tls {
+				scheme = "https"
+			}
+			tab.add(fmt.Sprintf("(9) memory per attempt in flight, %s", scheme), fmt.Sprintf("%.1f KiB", m.perAttempt/1024),
+				fmt.Sprintf("%d attempts held by a receiver in another process: heap %+.1f MiB, stacks %+.1f MiB, %+d goroutines (%.1f per attempt)",
+					m.n, float64(m.heap)/(1<<20), float64(m.stack)/(1<<20), m.goroutines, float64(m.goroutines)/float64(m.n)))
+		}
+	}
 
 	// (3) latency at half the maximum rate.
-	half := tput1.rate / 2
-	lat := runPipeline(t, pipelineRun{endpoints: 1, events: int(half * 10), publishers: 16, rate: half})
-	tab.add("(3) latency at half max rate, publish->receiver", fmt.Sprintf("p50 %s, p99 %s", ms(lat.toReceiver.p(50)), ms(lat.toReceiver.p(99))),
-		fmt.Sprintf("%.0f events/s for 10 s; goal p99 < 100 ms: %s", half, met(lat.toReceiver.p(99) < 100*time.Millisecond)))
-	tab.add("    publish->status Succeeded (seen by a watch)", fmt.Sprintf("p50 %s, p99 %s", ms(lat.toSucceeded.p(50)), ms(lat.toSucceeded.p(99))), "")
+	if want(3) {
+		half := tput1.rate / 2
+		lat := runPipeline(t, pipelineRun{endpoints: 1, events: int(half * 10), publishers: 16, rate: half})
+		tab.add("(3) latency at half max rate, publish->receiver", fmt.Sprintf("p50 %s, p99 %s", ms(lat.toReceiver.p(50)), ms(lat.toReceiver.p(99))),
+			fmt.Sprintf("%.0f events/s for 10 s; goal p99 < 100 ms: %s", half, met(lat.toReceiver.p(99) < 100*time.Millisecond)))
+		tab.add("    publish->status Succeeded (seen by a watch)", fmt.Sprintf("p50 %s, p99 %s", ms(lat.toSucceeded.p(50)), ms(lat.toSucceeded.p(99))), "")
+	}
 
 	// (4) API writes per delivered event.
-	w1 := measureWrites(t, false)
-	w2 := measureWrites(t, true)
-	tab.add("(4) API writes per event, first-attempt success", fmt.Sprintf("%.2f (+%.2f endpoint)", w1.perEvent, w1.endpoint),
-		fmt.Sprintf("%s; goal <= 2: %s", w1.detail, met(w1.perEvent <= 2.0+1e-9)))
-	tab.add("    with one retry", fmt.Sprintf("%.2f (+%.2f endpoint)", w2.perEvent, w2.endpoint),
-		fmt.Sprintf("%s; %.2f attempts/event; goal <= 3: %s", w2.detail, w2.attempts, met(w2.perEvent <= 3.0+1e-9)))
+	if want(4) {
+		w1 := measureWrites(t, false)
+		w2 := measureWrites(t, true)
+		tab.add("(4) API writes per event, first-attempt success", fmt.Sprintf("%.2f (+%.2f endpoint)", w1.perEvent, w1.endpoint),
+			fmt.Sprintf("%s; goal <= 2: %s", w1.detail, met(w1.perEvent <= 2.0+1e-9)))
+		tab.add("    with one retry", fmt.Sprintf("%.2f (+%.2f endpoint)", w2.perEvent, w2.endpoint),
+			fmt.Sprintf("%s; %.2f attempts/event; goal <= 3: %s", w2.detail, w2.attempts, met(w2.perEvent <= 3.0+1e-9)))
+	}
 
 	// (6) isolation from a never-answering endpoint.
 	// The baseline has a fifth endpoint too, answering at once, so that both runs put the same
 	// load on the API server (every event fanned out to five endpoints): the difference is what
 	// a silent receiver does to the others' workers, not its share of API writes.
-	healthy := runPipeline(t, pipelineRun{endpoints: 4, fastFifth: true, events: pipelineEvents / 4, publishers: 32})
-	mixed := runPipeline(t, pipelineRun{endpoints: 4, silent: true, events: pipelineEvents / 4, publishers: 32})
-	drop := 1 - mixed.rate/healthy.rate
-	tab.add("(6) healthy throughput, 4 endpoints + 1 fast", fmt.Sprintf("%.0f/s, p99 %s", healthy.rate, ms(healthy.toReceiver.p(99))), "publish->receiver p99 at full rate (queueing included)")
-	tab.add("    same, next to a never-answering endpoint", fmt.Sprintf("%.0f/s, p99 %s", mixed.rate, ms(mixed.toReceiver.p(99))),
-		fmt.Sprintf("the fifth endpoint never answers (timeoutSeconds 2); every event fans out to all five in both runs; throughput change %+.1f%%; goal drop < 10%%: %s", -drop*100, met(drop < 0.10)))
+	if want(6) {
+		healthy := runPipeline(t, pipelineRun{endpoints: 4, fastFifth: true, events: pipelineEvents / 4, publishers: 32})
+		mixed := runPipeline(t, pipelineRun{endpoints: 4, silent: true, events: pipelineEvents / 4, publishers: 32})
+		drop := 1 - mixed.rate/healthy.rate
+		tab.add("(6) healthy throughput, 4 endpoints + 1 fast", fmt.Sprintf("%.0f/s, p99 %s", healthy.rate, ms(healthy.toReceiver.p(99))), "publish->receiver p99 at full rate (queueing included)")
+		tab.add("    same, next to a never-answering endpoint", fmt.Sprintf("%.0f/s, p99 %s", mixed.rate, ms(mixed.toReceiver.p(99))),
+			fmt.Sprintf("the fifth endpoint never answers (timeoutSeconds 2); every event fans out to all five in both runs; throughput change %+.1f%%; goal drop < 10%%: %s", -drop*100, met(drop < 0.10)))
+	}
 
 	// The history store's rows (history_bench_test.go), before the memory rows fill etcd; the
 	// memory rows' time budget starts after them.
 	budget += historyRows(t, tab)
 
 	// (5, second half) memory with finished deliveries present.
-	tab.add("(5) operator RSS, 0 finished deliveries", mib(rss0.settled), fmt.Sprintf("separate process built from this checkout; peak %s", mib(rss0.peak)))
-	for _, n := range memoryCounts {
-		existing := countDeliveries(t)
-		need := n - existing
-		perObject := time.Duration(float64(time.Second) / limit * 1.3)
-		if left := budget - time.Since(start); need > 0 && time.Duration(need)*perObject+30*time.Second > left {
-			fit := existing + int(float64(left-30*time.Second)/float64(perObject))
-			tab.add(fmt.Sprintf("(5) operator RSS, %d finished deliveries", n), "not measured",
-				fmt.Sprintf("creating them would not fit in 10 minutes (about %d would)", fit))
-			continue
+	if want(5) {
+		tab.add("(5) operator RSS, 0 finished deliveries", mib(rss0.settled), fmt.Sprintf("separate process built from this checkout; peak %s", mib(rss0.peak)))
+		for _, n := range memoryCounts {
+			existing := countDeliveries(t)
+			need := n - existing
+			perObject := time.Duration(float64(time.Second) / limit * 1.3)
+			if left := budget - time.Since(start); need > 0 && time.Duration(need)*perObject+30*time.Second > left {
+				fit := existing + int(float64(left-30*time.Second)/float64(perObject))
+				tab.add(fmt.Sprintf("(5) operator RSS, %d finished deliveries", n), "not measured",
+					fmt.Sprintf("creating them would not fit in 10 minutes (about %d would)", fit))
+				continue
+			}
+			if need > 0 {
+				createFinished(t, need, limitConc)
+			}
+			rss := operatorRSS(t, bin, kubeconfig)
+			ratio := float64(rss.settled) / float64(rss0.settled)
+			note := fmt.Sprintf("peak %s; %.2fx of none", mib(rss.peak), ratio)
+			if n == memoryCounts[len(memoryCounts)-1] {
+				note += fmt.Sprintf("; goal <= 2x: %s", met(ratio <= 2))
+			}
+			tab.add(fmt.Sprintf("(5) operator RSS, %d finished deliveries", countDeliveries(t)), mib(rss.settled), note)
 		}
-		if need > 0 {
-			createFinished(t, need, limitConc)
-		}
-		rss := operatorRSS(t, bin, kubeconfig)
-		ratio := float64(rss.settled) / float64(rss0.settled)
-		note := fmt.Sprintf("peak %s; %.2fx of none", mib(rss.peak), ratio)
-		if n == memoryCounts[len(memoryCounts)-1] {
-			note += fmt.Sprintf("; goal <= 2x: %s", met(ratio <= 2))
-		}
-		tab.add(fmt.Sprintf("(5) operator RSS, %d finished deliveries", countDeliveries(t)), mib(rss.settled), note)
 	}
 	tab.add("total run time", time.Since(start).Round(time.Second).String(), "")
 	tab.print(os.Stdout)
+}
+
+// want reports whether row n is to be measured: BENCH_ROWS=7,8 measures the limit (1) and those
+// rows only (and what they compare against); unset, every row.
+func want(n int) bool {
+	rows := envInts("BENCH_ROWS", nil)
+	return len(rows) == 0 || slices.Contains(rows, n)
 }
 
 func met(ok bool) string {
@@ -332,12 +425,14 @@ func (l latencies) p(pct float64) time.Duration {
 }
 
 type pipelineRun struct {
-	endpoints  int     // healthy endpoints; every event fans out to each
-	silent     bool    // one more endpoint whose receiver never answers
-	fastFifth  bool    // one more endpoint, like the silent one but answering at once (the isolation baseline)
-	events     int     // events published
-	publishers int     // goroutines publishing
-	rate       float64 // events per second; 0: as fast as possible
+	endpoints  int           // healthy endpoints; every event fans out to each
+	silent     bool          // one more endpoint whose receiver never answers
+	fastFifth  bool          // one more endpoint, like the silent one but answering at once (the isolation baseline)
+	events     int           // events published
+	publishers int           // goroutines publishing
+	rate       float64       // events per second; 0: as fast as possible
+	delay      time.Duration // how long each healthy receiver takes to answer (a slow receiver)
+	filter     string        // spec.filter of every healthy endpoint (it selects every bench event)
 
 	// operator is how the operator differs from main.go's defaults (a history store).
 	operator []operatorOption
@@ -345,7 +440,8 @@ type pipelineRun struct {
 
 type pipelineResult struct {
 	deliveries  int
-	rate        float64 // healthy deliveries Succeeded per second, from first publish to last
+	rate        float64       // healthy deliveries Succeeded per second, from first publish to last
+	took        time.Duration // from the first publish to the last Succeeded
 	toReceiver  latencies
 	toSucceeded latencies
 }
@@ -405,9 +501,10 @@ func endpoint(ns, name, url string, timeoutSeconds, maxRetries int32) *webhooksv
 	}
 }
 
-// setupNamespace creates a namespace with the signing Secret, healthy endpoints (with their
-// receivers) and, if asked, a silent one.
-func setupNamespace(t *testing.T, prefix string, healthy int, silent, fastFifth bool, statuses ...int) (string, []string, []*testreceiver.Receiver) {
+// setupNamespace creates a namespace with the signing Secret, run.endpoints healthy endpoints
+// (with their receivers, answering after run.delay, with run.filter) and, if asked, a silent
+// one or a fast fifth.
+func setupNamespace(t *testing.T, prefix string, run pipelineRun, statuses ...int) (string, []string, []*testreceiver.Receiver) {
 	t.Helper()
 	ctx := context.Background()
 	ns := newNamespace(t, prefix)
@@ -417,17 +514,22 @@ func setupNamespace(t *testing.T, prefix string, healthy int, silent, fastFifth 
 	}
 	var names []string
 	var rcvs []*testreceiver.Receiver
-	for i := range healthy {
+	for i := range run.endpoints {
 		r := testreceiver.New(t, signingKey, statuses...)
+		if d := run.delay; d > 0 {
+			r.OnRequest(func(*http.Request) { time.Sleep(d) })
+		}
 		name := fmt.Sprintf("healthy-%d", i)
-		if err := env.Client.Create(ctx, endpoint(ns, name, r.URL, 10, 3)); err != nil {
+		ep := endpoint(ns, name, r.URL, 10, 3)
+		ep.Spec.Filter = run.filter
+		if err := env.Client.Create(ctx, ep); err != nil {
 			t.Fatal(err)
 		}
 		names, rcvs = append(names, name), append(rcvs, r)
 	}
-	if silent || fastFifth {
+	if run.silent || run.fastFifth {
 		r := testreceiver.New(t, signingKey)
-		if silent {
+		if run.silent {
 			r.OnRequest(func(req *http.Request) { <-req.Context().Done() })
 		}
 		if err := env.Client.Create(ctx, endpoint(ns, "silent", r.URL, 2, 0)); err != nil {
@@ -519,7 +621,7 @@ func publishEvent(ctx context.Context, c *publish.Client, ns string, endpoints [
 // Succeeded, and time it.
 func runPipeline(t *testing.T, run pipelineRun) pipelineResult {
 	t.Helper()
-	ns, endpoints, rcvs := setupNamespace(t, "pipeline", run.endpoints, run.silent, run.fastFifth)
+	ns, endpoints, rcvs := setupNamespace(t, "pipeline", run)
 	healthy := endpoints[:run.endpoints]
 	stopOperator, intakeClient := startOperator(t, ns, run.operator...)
 	defer func() {
@@ -605,7 +707,8 @@ func runPipeline(t *testing.T, run pipelineRun) pipelineResult {
 			res.toSucceeded = append(res.toSucceeded, at.Sub(published[i]))
 		}
 	}
-	res.rate = float64(want) / last.Sub(began).Seconds()
+	res.took = last.Sub(began)
+	res.rate = float64(want) / res.took.Seconds()
 	index := make(map[string]int, len(ids))
 	for i, id := range ids {
 		index[id] = i
@@ -624,7 +727,7 @@ func runPipeline(t *testing.T, run pipelineRun) pipelineResult {
 	if unverified > 0 {
 		t.Errorf("%d requests failed signature verification", unverified)
 	}
-	progress("pipeline %+v: %d deliveries, %.0f/s, publish->receiver p99 %s", run, want, res.rate, ms(res.toReceiver.p(99)))
+	progress("pipeline %+v: %d deliveries in %s, %.0f/s, publish->receiver p99 %s", run, want, res.took.Round(100*time.Millisecond), res.rate, ms(res.toReceiver.p(99)))
 	return res
 }
 
@@ -636,7 +739,7 @@ func later(a, b time.Time) time.Time {
 }
 
 // apiWrites reads the API server's apiserver_request_total and sums the writes (every verb but
-// GET, LIST and WATCH) by resource, for the operator's resources and Events.
+// GET, LIST and WATCH) and the GETs by resource, for the operator's resources and Events.
 func apiWrites(t *testing.T) map[string]float64 { return apiWritesOf(t, env) }
 
 // apiWritesOf is apiWrites of the control plane e.
@@ -666,7 +769,7 @@ func apiWritesOf(t *testing.T, e *testenv.Env) map[string]float64 {
 			l[k] = strings.Trim(v, `"`)
 		}
 		switch l["verb"] {
-		case "GET", "LIST", "WATCH":
+		case "LIST", "WATCH":
 			continue
 		}
 		switch l["resource"] {
@@ -704,7 +807,7 @@ func measureWrites(t *testing.T, retry bool) writes {
 		}
 		statuses = append(statuses, http.StatusOK)
 	}
-	ns, endpoints, _ := setupNamespace(t, "writes", 1, false, false, statuses...)
+	ns, endpoints, _ := setupNamespace(t, "writes", pipelineRun{endpoints: 1}, statuses...)
 	stopOperator, intakeClient := startOperator(t, ns)
 	seen, stopWatch := watchSucceeded(t, ns)
 	time.Sleep(time.Second)
@@ -735,6 +838,7 @@ func measureWrites(t *testing.T, retry bool) writes {
 		attempts += int(d.Status.Attempts)
 	}
 	var total, endpoint, events float64
+	var reads []string
 	var parts []string
 	keys := make([]string, 0, len(after))
 	for k := range after {
@@ -750,6 +854,10 @@ func measureWrites(t *testing.T, retry bool) writes {
 			events += d
 			continue
 		}
+		if strings.HasSuffix(k, " GET") {
+			reads = append(reads, fmt.Sprintf("%s %.0f", k, d))
+			continue
+		}
 		if strings.HasPrefix(k, "webhookendpoints") {
 			endpoint += d
 		} else {
@@ -758,6 +866,9 @@ func measureWrites(t *testing.T, retry bool) writes {
 		parts = append(parts, fmt.Sprintf("%s %.0f", k, d))
 	}
 	detail := fmt.Sprintf("%d events: %s", n, strings.Join(parts, ", "))
+	if len(reads) > 0 {
+		detail += " (reads, not counted: " + strings.Join(reads, ", ") + ")"
+	}
 	if events > 0 {
 		detail += fmt.Sprintf(" (+%.0f Kubernetes Event writes, not counted)", events)
 	}

@@ -54,7 +54,7 @@ func TestSIGKILLBetweenArchiveAndDeleteKeepsExactlyOneRecord(t *testing.T) {
 		left = inEtcd(t, ns)
 		t.Logf("killed %s with %d deliveries left in etcd", op.name, left)
 	}
-	op = startOperator(t, "operator-final", "--succeeded-retention", "1s", "--retention-sweep-interval", "200ms")
+	startOperator(t, "operator-final", "--succeeded-retention", "1s", "--retention-sweep-interval", "200ms")
 	eventually(t, 90*time.Second, "every delivery left etcd", func() bool { return inEtcd(t, ns) == 0 })
 
 	recs := records(t, store, ns)
@@ -84,13 +84,13 @@ func TestSIGKILLBetweenArchiveAndDeleteKeepsExactlyOneRecord(t *testing.T) {
 }
 
 // records lists every record of ns, page by page.
-func records(t testing.TB, store history.Store, ns string) []history.Record {
-	t.Helper()
+func records(tb testing.TB, store history.Store, ns string) []history.Record {
+	tb.Helper()
 	var out []history.Record
 	for cont := ""; ; {
 		page, err := store.List(context.Background(), history.ListOptions{Namespace: ns, Continue: cont, Limit: 500})
 		if err != nil {
-			t.Logf("listing records: %v", err)
+			tb.Logf("listing records: %v", err)
 			return nil
 		}
 		out = append(out, page.Records...)
@@ -101,8 +101,9 @@ func records(t testing.TB, store history.Store, ns string) []history.Record {
 }
 
 // inEtcd counts the deliveries of ns in etcd.
-func inEtcd(t testing.TB, ns string) int {
-	p, err := phases(t, ns)
+func inEtcd(tb testing.TB, ns string) int {
+	tb.Helper()
+	p, err := phases(tb, ns)
 	if err != nil {
 		return 1 << 30 // unknown: not yet done
 	}

@@ -202,8 +202,8 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("cannot find a free loopback port for PostgreSQL: %w", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	port := l.Addr().(*net.TCPAddr).Port
+	return port, l.Close()
 }
 
 // Start starts the server (again, after Stop) and waits until it accepts connections.
@@ -218,7 +218,7 @@ func (s *Server) Start() error {
 	if err != nil {
 		return err
 	}
-	defer logf.Close()
+	defer func() { _ = logf.Close() }() // the server keeps its own descriptor
 	cmd := s.command("postgres", "-D", filepath.Join(s.Dir, "data"), "-p", strconv.Itoa(s.Port),
 		"-k", filepath.Join(s.Dir, "sock"), "-c", "listen_addresses=127.0.0.1",
 		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
@@ -249,7 +249,7 @@ func (s *Server) Start() error {
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			s.stopLocked()
+			_ = s.stopLocked() // the error below says why
 			return fmt.Errorf("postgres did not accept connections within 30s: %v; %s", err, tail(logPath))
 		}
 	}
@@ -303,7 +303,7 @@ func (s *Server) CreateDatabase(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("cannot reach the test PostgreSQL server: %w", err)
 	}
-	defer conn.Close(context.Background())
+	defer func() { _ = conn.Close(context.Background()) }()
 	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
 		return "", fmt.Errorf("cannot create database %s: %w", name, err)
 	}
@@ -316,7 +316,7 @@ func (s *Server) DropDatabase(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.Background())
+	defer func() { _ = conn.Close(context.Background()) }()
 	_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
 	return err
 }
