@@ -51,7 +51,8 @@ func TestMain(m *testing.M) {
 }
 
 // Sizes, overridable for a quick run: BENCH_EVENTS=500 BENCH_MEMORY=2000,10000 make bench.
-// BENCH_ROWS=7,9 measures only those rows (and the limit).
+// BENCH_ROWS=7,9 measures only those rows (and the limit); 10 to 13 are the history store's
+// (history_bench_test.go).
 var (
 	pipelineEvents = envInt("BENCH_EVENTS", 2000)
 	inFlightCount  = envInt("BENCH_IN_FLIGHT", 500)
@@ -213,8 +214,8 @@ func TestBench(t *testing.T) {
 			fmt.Sprintf("the fifth endpoint never answers (timeoutSeconds 2); every event fans out to all five in both runs; throughput change %+.1f%%; goal drop < 10%%: %s", -drop*100, met(drop < 0.10)))
 	}
 
-	// The history store's rows (history_bench_test.go), before the memory rows fill etcd; the
-	// memory rows' time budget starts after them.
+	// (10) to (13), the history store's rows (history_bench_test.go), before the memory rows
+	// fill etcd; the memory rows' time budget starts after them.
 	budget += historyRows(t, tab)
 
 	// (5, second half) memory with finished deliveries present.

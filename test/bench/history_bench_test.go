@@ -2,9 +2,11 @@
 
 package bench
 
-// The rows of the history store (issue 12): the soak of its own control plane, API writes and
-// store transactions per delivery, the archive lag, throughput with and without a store, and the
-// bytes per delivery of etcd and of each engine. docs/benchmarks.md describes the method.
+// The rows of the history store (issue 12), numbered after bench_test.go's so that BENCH_ROWS
+// selects them too: (10) throughput with and without a store, (11) API writes and store
+// transactions per first-try delivery, (12) bytes per record of each engine, (13) the soak on a
+// control plane of its own (flat etcd and kube-apiserver, no NOSPACE, every record in the store,
+// the archive lag, etcd bytes per delivery). docs/benchmarks.md describes the method.
 
 import (
 	"bufio"
@@ -48,9 +50,10 @@ import (
 	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
 
-// Sizes of the history rows, overridable like BENCH_EVENTS:
+// Sizes of the history rows, overridable like BENCH_EVENTS, and BENCH_ROWS selects them:
 //
 //	BENCH_SOAK_EVENTS=5000 BENCH_HISTORY_WRITES=200 BENCH_SIZING_RECORDS=2000 make bench
+//	BENCH_ROWS=10,13 make bench # the limit, then the throughput rows and the soak only
 var (
 	soakEvents     = envInt("BENCH_SOAK_EVENTS", 100000)
 	soakPublishers = envInt("BENCH_SOAK_PUBLISHERS", 32)
@@ -59,9 +62,6 @@ var (
 	soakCompaction      = envString("BENCH_SOAK_COMPACTION", "30s")
 	historyWritesEvents = envInt("BENCH_HISTORY_WRITES", 500)
 	sizingRecords       = envInt("BENCH_SIZING_RECORDS", 20000)
-	// historyParts runs some of the history rows only (throughput, writes, sizing, soak;
-	// comma-separated), for a quicker look at one; empty runs all.
-	historyParts = os.Getenv("BENCH_HISTORY_ROWS")
 	// soakProfile, when set, is a file for a CPU profile of the benchmark's process (the
 	// operator, the intake, the store, the publishers and the receiver) during the soak.
 	soakProfile = os.Getenv("BENCH_SOAK_CPUPROFILE")
@@ -114,10 +114,14 @@ func TestBenchHistory(t *testing.T) {
 	tab.print(os.Stdout)
 }
 
-// historyRows adds the history store's rows to tab and returns the time they took.
+// historyRows adds the history store's rows that BENCH_ROWS selects (10 to 13) to tab and
+// returns the time they took.
 func historyRows(t *testing.T, tab *table) time.Duration {
 	t.Helper()
 	began := time.Now()
+	if !want(10) && !want(11) && !want(12) && !want(13) {
+		return 0
+	}
 	pg, err := historytest.NewServer()
 	if err != nil {
 		t.Fatal(err)
@@ -127,22 +131,22 @@ func historyRows(t *testing.T, tab *table) time.Duration {
 			t.Logf("stopping PostgreSQL: %v", err)
 		}
 	}()
-	tab.add("(H) load average at the start", loadAverage(), "1, 5 and 15 minutes (/proc/loadavg); 2 cores shared with other work")
+	tab.add("(10-13) load average at the start", loadAverage(), "1, 5 and 15 minutes (/proc/loadavg); 2 cores shared with other work")
 
 	for _, r := range []struct {
-		name string
-		run  func()
+		row int
+		run func()
 	}{
-		{"throughput", func() { throughputRows(t, tab, pg) }},
-		{"writes", func() { writesRows(t, tab) }},
-		{"sizing", func() { sizingRows(t, tab, pg) }},
-		{"soak", func() { soakRows(t, tab) }},
+		{10, func() { throughputRows(t, tab, pg) }},
+		{11, func() { writesRows(t, tab) }},
+		{12, func() { sizingRows(t, tab, pg) }},
+		{13, func() { soakRows(t, tab) }},
 	} {
-		if historyParts == "" || slices.Contains(strings.Split(historyParts, ","), r.name) {
+		if want(r.row) {
 			r.run()
 		}
 	}
-	tab.add("(H) load average at the end", loadAverage(), "")
+	tab.add("(10-13) load average at the end", loadAverage(), "")
 	return time.Since(began)
 }
 
@@ -178,7 +182,7 @@ func pgDatabase(t *testing.T, pg *historytest.Server) string {
 	return pg.DSN(name)
 }
 
-// --- (H4) throughput with and without a store -----------------------------------------------
+// --- (10) throughput with and without a store -----------------------------------------------
 
 func throughputRows(t *testing.T, tab *table, pg *historytest.Server) {
 	t.Helper()
@@ -211,19 +215,19 @@ func throughputRows(t *testing.T, tab *table, pg *historytest.Server) {
 	_ = postgres.Close()
 	none2 := run("none-2")
 	base := (none1.rate + none2.rate) / 2
-	tab.add("(H4) pipeline fan-out 1, no store (baseline)", fmt.Sprintf("%.0f/s", base),
+	tab.add("(10) pipeline fan-out 1, no store (baseline)", fmt.Sprintf("%.0f/s", base),
 		fmt.Sprintf("average of %.0f/s (first run) and %.0f/s (last run), %d deliveries each; in all four runs --max-live-deliveries(-per-endpoint) 0, else the run without a store is refused (429) past 1,000 unfinished", none1.rate, none2.rate, pipelineEvents))
 	for _, r := range []struct {
 		name string
 		res  pipelineResult
 	}{{"SQLite", withSQLite}, {"PostgreSQL", withPostgres}} {
 		ratio := r.res.rate / base
-		tab.add("(H4) pipeline fan-out 1, "+r.name+" store", fmt.Sprintf("%.0f/s (%.2fx)", r.res.rate, ratio),
+		tab.add("(10) pipeline fan-out 1, "+r.name+" store", fmt.Sprintf("%.0f/s (%.2fx)", r.res.rate, ratio),
 			fmt.Sprintf("%d deliveries, all Succeeded; publish->receiver p99 %s; goal >= 0.9x: %s", r.res.deliveries, ms(r.res.toReceiver.p(99)), met(ratio >= 0.9)))
 	}
 }
 
-// --- (H2) API writes and store transactions per delivery ------------------------------------
+// --- (11) API writes and store transactions per delivery ------------------------------------
 
 // countingStore counts the store calls of the operator and passes them on.
 type countingStore struct {
@@ -339,7 +343,7 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// writesRows is (H2): first-try deliveries with a SQLite store and --succeeded-retention 1s, so
+// writesRows is (11): first-try deliveries with a SQLite store and --succeeded-retention 1s, so
 // that each delivery's deletion falls within the measurement: every API write to
 // webhookdeliveries and every store transaction from before the first publish until every
 // delivery has left etcd and its record says so.
@@ -393,10 +397,10 @@ func writesRows(t *testing.T, tab *table) {
 	after, countsAfter := apiWrites(t), cs.counts()
 	post, patch, del, ep, detail := deliveryWrites(before, after)
 	per := (post + patch + del) / float64(n)
-	tab.add("(H2) API writes per first-try delivery, with its deletion", fmt.Sprintf("%.2f (+%.2f endpoint)", per, ep/float64(n)),
+	tab.add("(11) API writes per first-try delivery, with its deletion", fmt.Sprintf("%.2f (+%.2f endpoint)", per, ep/float64(n)),
 		fmt.Sprintf("%d events, SQLite store, --succeeded-retention 1s: %s; goal <= 3: %s", n, detail, met(per <= 3+1e-9)))
 	c := countsAfter.minus(countsBefore)
-	tab.add("(H2) store transactions per 1,000 deliveries", fmt.Sprintf("%.1f", float64(c.transactions())*1000/float64(n)),
+	tab.add("(11) store transactions per 1,000 deliveries", fmt.Sprintf("%.1f", float64(c.transactions())*1000/float64(n)),
 		fmt.Sprintf("%d events at full rate: %s", n, c))
 }
 
@@ -481,7 +485,7 @@ func sizingRows(t *testing.T, tab *table, pg *historytest.Server) {
 	}
 	size, took := sqliteSize(n, 1)
 	size5, _ := sqliteSize(m, retried)
-	tab.add("(S) SQLite bytes per delivery record", fmt.Sprintf("%.0f B", float64(size)/float64(n)),
+	tab.add("(12) SQLite bytes per delivery record", fmt.Sprintf("%.0f B", float64(size)/float64(n)),
 		fmt.Sprintf("%d records of a first-try success with its attempt (~1.3 KB event): file %s after Close; written in batches of 500 at %.0f records/s; each further attempt %.0f B (%d records of %d attempts)",
 			n, mib(size), float64(n)/took.Seconds(), perAttempt(size, size5), m, retried))
 
@@ -495,7 +499,7 @@ func sizingRows(t *testing.T, tab *table, pg *historytest.Server) {
 	}
 	total, tables, took := pgSize(n, 1)
 	total5, _, _ := pgSize(m, retried)
-	tab.add("(S) PostgreSQL bytes per delivery record", fmt.Sprintf("%.0f B", float64(total)/float64(n)),
+	tab.add("(12) PostgreSQL bytes per delivery record", fmt.Sprintf("%.0f B", float64(total)/float64(n)),
 		fmt.Sprintf("%d records: pg_total_relation_size of the tables (indexes and TOAST included) %s (%s); written at %.0f records/s; each further attempt %.0f B",
 			n, mib(total), tables, float64(n)/took.Seconds(), perAttempt(total, total5)))
 }
@@ -601,7 +605,7 @@ func pgSizes(t *testing.T, dsn string) (int64, string) {
 	return total, strings.Join(parts, ", ")
 }
 
-// --- (H1, H3) the soak ------------------------------------------------------------------------
+// --- (13) the soak ----------------------------------------------------------------------------
 
 // etcdStats are figures of etcd's /metrics.
 type etcdStats struct {
@@ -1162,7 +1166,7 @@ func soakRows(t *testing.T, tab *table) {
 
 	// The figures.
 	rate := float64(tail.n.Load()) / drainedAt.Sub(began).Seconds()
-	tab.add("(H1) soak: events published through the intake", fmt.Sprintf("%d", n),
+	tab.add("(13) soak: events published through the intake", fmt.Sprintf("%d", n),
 		fmt.Sprintf("%d publishers, as fast as it goes: %s (%.0f events/s); every delivery archived after %s (%.0f deliveries/s); %d publishes failed%s",
 			soakPublishers, publishTook.Round(time.Second), float64(n)/publishTook.Seconds(), drainedAt.Sub(began).Round(time.Second), rate, failed.Load(), firstErrNote(&firstErr)))
 	tab.add("    control plane", fmt.Sprintf("etcd quota %s", mib(soakQuota)),
@@ -1184,30 +1188,30 @@ func soakRows(t *testing.T, tab *table) {
 		worst [3]float64
 	}{{"published", worstPublished}, {"archived", worstArchived}} {
 		flat := w.worst[0] <= 1.3 && w.worst[1] <= 1.3 && w.worst[2] <= 1.3
-		tab.add("(H1) soak: flat, by events "+w.by, fmt.Sprintf("keys %.2fx, in use %.2fx, RSS %.2fx", w.worst[0], w.worst[1], w.worst[2]),
+		tab.add("(13) soak: flat, by events "+w.by, fmt.Sprintf("keys %.2fx, in use %.2fx, RSS %.2fx", w.worst[0], w.worst[1], w.worst[2]),
 			fmt.Sprintf("the largest of the later checkpoints over the first (%d %s); goal each <= 1.3x: %s", marks[0], w.by, met(flat)))
 	}
 	nospaceOK := len(alarms) == 0 && alarmErr == nil && writeErr == nil && nospace.Load() == 0
-	tab.add("(H1) soak: etcd never out of space", fmt.Sprintf("alarms %v", alarms),
+	tab.add("(13) soak: etcd never out of space", fmt.Sprintf("alarms %v", alarms),
 		fmt.Sprintf("etcd's alarm list at the end%s; a ConfigMap create after the soak: %s; publishes refused for space: %d; goal no NOSPACE: %s",
 			errNote(alarmErr), okOr(writeErr), nospace.Load(), met(nospaceOK)))
 	all := records == n && succeeded == n && oneAttempt == n && attemptsOK == len(keys)
-	tab.add("(H1) soak: all in the store with their attempts", fmt.Sprintf("%d records", records),
+	tab.add("(13) soak: all in the store with their attempts", fmt.Sprintf("%d records", records),
 		fmt.Sprintf("Store.List paged: %d Succeeded, %d with AttemptCount 1, %d marked removed from etcd; Get of %d of them: %d with their attempt (HTTP 200); receiver: %d requests, %d failed verification; goal all %d: %s",
 			succeeded, oneAttempt, removed, len(keys), attemptsOK, rcv.requests.Load(), rcv.bad.Load(), n, met(all)))
 
-	// (H2) in the soak: its deliveries do not all leave etcd within it (the newest 5,000 wait
+	// (11) in the soak: its deliveries do not all leave etcd within it (the newest 5,000 wait
 	// for their 10 minutes).
 	post, patch, del, ep, detail := deliveryWrites(writesBefore, writesAfter)
 	c := countsAfter.minus(countsBefore)
-	tab.add("(H2) soak: API writes per delivery", fmt.Sprintf("%.2f (+%.3f endpoint)", (post+patch+del)/float64(n), ep/float64(n)),
+	tab.add("(13) soak: API writes per delivery", fmt.Sprintf("%.2f (+%.3f endpoint)", (post+patch+del)/float64(n), ep/float64(n)),
 		fmt.Sprintf("%s (the last ~5,000 still in etcd: --max-finished-deliveries)", detail))
-	tab.add("(H2) soak: store transactions per 1,000 deliveries", fmt.Sprintf("%.1f", float64(c.transactions())*1000/float64(n)), c.String())
+	tab.add("(13) soak: store transactions per 1,000 deliveries", fmt.Sprintf("%.1f", float64(c.transactions())*1000/float64(n)), c.String())
 
-	// (H3) archive lag.
+	// The archive lag.
 	lag := deltaOf(lagBefore, lagAfter)
 	p99 := lag.quantile(0.99)
-	tab.add("(H3) archive lag p99 at full rate", fmt.Sprintf("%.2f s", p99),
+	tab.add("(13) soak: archive lag p99 at full rate", fmt.Sprintf("%.2f s", p99),
 		fmt.Sprintf("docrouter_webhook_archive_lag_seconds (controller-runtime's registry; from the status write to the end of the batch's transaction), %.0f finished records: p50 %.2f s, %.2f%% within 5 s; goal p99 <= 5 s: %s",
 			lag.count, lag.quantile(0.5), 100*lag.within(5), met(p99 <= 5)))
 	var direct latencies
@@ -1226,7 +1230,7 @@ func soakRows(t *testing.T, tab *table) {
 
 	// Bytes per revision, between compactions.
 	bpr, compactions, revsPer := perRevision(samples)
-	tab.add("(S) etcd bytes per revision, between compactions", fmt.Sprintf("%.0f B", bpr),
+	tab.add("(13) soak: etcd bytes per revision, between compactions", fmt.Sprintf("%.0f B", bpr),
 		fmt.Sprintf("growth of etcd's in-use bytes over its revisions while no compaction ran (a sample a second); %d compactions seen, %.0f revisions apart on average; a first-try delivery makes 3 (create, status, delete)", compactions, revsPer))
 
 	// The SQLite file of the soak.
@@ -1235,7 +1239,7 @@ func soakRows(t *testing.T, tab *table) {
 		if w, err := os.Stat(dbPath + "-wal"); err == nil {
 			wal = w.Size()
 		}
-		tab.add("(S) SQLite file after the soak", mib(fi.Size()), fmt.Sprintf("%d records: %.0f B per record (+ WAL %s)", records, float64(fi.Size())/float64(max(records, 1)), mib(wal)))
+		tab.add("(13) soak: SQLite file after it", mib(fi.Size()), fmt.Sprintf("%d records: %.0f B per record (+ WAL %s)", records, float64(fi.Size())/float64(max(records, 1)), mib(wal)))
 	}
 
 	// etcd bytes per delivery object: the soak's finished deliveries still in etcd, their latest
@@ -1256,7 +1260,7 @@ func soakRows(t *testing.T, tab *table) {
 		t.Fatal(err)
 	}
 	if left > 0 {
-		tab.add("(S) etcd bytes per delivery object", fmt.Sprintf("%.0f B", float64(withObjects-without)/float64(left)),
+		tab.add("(13) soak: etcd bytes per delivery object", fmt.Sprintf("%.0f B", float64(withObjects-without)/float64(left)),
 			fmt.Sprintf("the %d finished deliveries left in etcd after the soak, their latest version only: etcd in use %s with them, %s without (each compacted and defragmented)", left, mib(withObjects), mib(without)))
 	}
 }
