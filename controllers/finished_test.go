@@ -16,7 +16,7 @@ import (
 // The index's due deliveries are those of a walk of the whole index sorted oldest first: the
 // over oldest, and those past their phase's time in etcd, in that order, whatever the number
 // over the limit, the retentions and the ties of finish times (a second apart at best).
-func TestFinishedIndexDueIsTheOldestBeyondTheLimitAndThosePastTheirTime(t *testing.T) {
+func TestSweeperDueIsTheOldestBeyondTheLimitAndThosePastTheirTime(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	now := time.Now()
 	for round := range 300 {
