@@ -741,7 +741,10 @@ func later(a, b time.Time) time.Time {
 
 // apiWrites reads the API server's apiserver_request_total and sums the writes (every verb but
 // GET, LIST and WATCH) and the GETs by resource, for the operator's resources and Events.
-func apiWrites(t *testing.T) map[string]float64 { return apiWritesOf(t, env) }
+func apiWrites(t *testing.T) map[string]float64 {
+	t.Helper()
+	return apiWritesOf(t, env)
+}
 
 // apiWritesOf is apiWrites of the control plane e.
 func apiWritesOf(t *testing.T, e *testenv.Env) map[string]float64 {

@@ -700,25 +700,23 @@ type etcdStatus struct {
 	Header struct {
 		Revision json.Number `json:"revision"`
 	} `json:"header"`
-	DBSize      json.Number `json:"dbSize"`
 	DBSizeInUse json.Number `json:"dbSizeInUse"`
 }
 
-func (c *etcdClient) status() (rev, dbSize, inUse int64, err error) {
+func (c *etcdClient) status() (rev, inUse int64, err error) {
 	var s etcdStatus
 	if err := c.call("/v3/maintenance/status", map[string]any{}, &s); err != nil {
-		return 0, 0, 0, err
+		return 0, 0, err
 	}
 	rev, _ = strconv.ParseInt(strings.Trim(string(s.Header.Revision), `"`), 10, 64)
-	dbSize, _ = strconv.ParseInt(strings.Trim(string(s.DBSize), `"`), 10, 64)
 	inUse, _ = strconv.ParseInt(strings.Trim(string(s.DBSizeInUse), `"`), 10, 64)
-	return rev, dbSize, inUse, nil
+	return rev, inUse, nil
 }
 
 // compactAndDefrag compacts etcd to its current revision and defragments it, so that its in-use
 // bytes are the latest version of each key only; it returns them.
 func (c *etcdClient) compactAndDefrag() (int64, error) {
-	rev, _, _, err := c.status()
+	rev, _, err := c.status()
 	if err != nil {
 		return 0, err
 	}
@@ -729,7 +727,7 @@ func (c *etcdClient) compactAndDefrag() (int64, error) {
 	if err := c.call("/v3/maintenance/defragment", map[string]any{}, nil); err != nil {
 		return 0, err
 	}
-	_, _, inUse, err := c.status()
+	_, inUse, err := c.status()
 	return inUse, err
 }
 
@@ -783,6 +781,7 @@ type soakReceiver struct {
 }
 
 func newSoakReceiver(t *testing.T) *soakReceiver {
+	t.Helper()
 	r := &soakReceiver{first: map[string]time.Time{}}
 	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		now := time.Now()
