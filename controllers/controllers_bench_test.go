@@ -3,8 +3,10 @@ package controllers
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 )
@@ -46,5 +48,26 @@ func BenchmarkInflightLimiter(b *testing.B) {
 			b.Fatal("no slot")
 		}
 		l.release(ep)
+	}
+}
+
+// BenchmarkSweeperDue is the sweeper's look at a full finished index (--max-finished-deliveries
+// 5,000, one over): which deliveries leave, the oldest first. Finish times come from
+// managedFields, a second apart at best, so many are equal and the names decide.
+func BenchmarkSweeperDue(b *testing.B) {
+	const limit = 5000
+	x := newFinishedIndex(nil, nil, clock.RealClock{}, nil)
+	base := time.Now().Add(-time.Minute)
+	for i := range limit + 1 {
+		key := types.NamespacedName{Namespace: "docrouter", Name: fmt.Sprintf("crm-%016x", i*7919)}
+		x.entries[key] = finishedEntry{uid: types.UID(fmt.Sprint(i)), resourceVersion: fmt.Sprint(i),
+			phase: webhooksv1alpha1.PhaseSucceeded, finishedAt: base.Add(time.Duration(i/50) * time.Second)}
+	}
+	s := &sweeper{index: x, clock: clock.RealClock{}, opts: Options{SucceededRetention: time.Hour, MaxFinishedDeliveries: limit}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if due := s.due(); len(due) != 1 {
+			b.Fatalf("%d due, want 1", len(due))
+		}
 	}
 }

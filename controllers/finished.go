@@ -1,8 +1,10 @@
 package controllers
 
 import (
+	"container/heap"
 	"context"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -105,21 +107,62 @@ type finishedDelivery struct {
 	finishedEntry
 }
 
-// oldestFirst is a snapshot of the index, the earliest finished first.
-func (x *finishedIndex) oldestFirst() []finishedDelivery {
+// due returns the deliveries that should leave etcd at now, the earliest finished first: the
+// over earliest of the index, whatever their time, and every one whose time in etcd is over
+// (retention of its phase; 0: no time). The sweeper asks after each delivery that finishes
+// above --max-finished-deliveries, so it orders only those, not the whole index: the over
+// earliest are kept in a heap while the index is walked once.
+func (x *finishedIndex) due(now time.Time, over int, retention func(webhooksv1alpha1.DeliveryPhase) time.Duration) []finishedDelivery {
+	var out []finishedDelivery
+	earliest := &latestOnTop{}
 	x.mu.Lock()
-	out := make([]finishedDelivery, 0, len(x.entries))
 	for k, e := range x.entries {
-		out = append(out, finishedDelivery{key: k, finishedEntry: e})
+		d := finishedDelivery{key: k, finishedEntry: e}
+		switch {
+		case earliest.Len() < over:
+			heap.Push(earliest, d)
+			continue
+		case over > 0 && finishedBefore(d, (*earliest)[0]):
+			d, (*earliest)[0] = (*earliest)[0], d
+			heap.Fix(earliest, 0)
+		}
+		if r := retention(d.phase); r > 0 && !now.Before(d.finishedAt.Add(r)) {
+			out = append(out, d)
+		}
 	}
 	x.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].finishedAt.Equal(out[j].finishedAt) {
-			return out[i].finishedAt.Before(out[j].finishedAt)
-		}
-		return out[i].key.String() < out[j].key.String()
-	})
+	out = append(out, *earliest...)
+	slices.SortFunc(out, compareFinished)
 	return out
+}
+
+// compareFinished orders deliveries by finish time, then by key. Finish times have a
+// resolution of a second (managedFields), so many are equal and the key decides: compared
+// field by field, not as key.String(), which builds two strings per comparison.
+func compareFinished(a, b finishedDelivery) int {
+	if c := a.finishedAt.Compare(b.finishedAt); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.key.Namespace, b.key.Namespace); c != 0 {
+		return c
+	}
+	return strings.Compare(a.key.Name, b.key.Name)
+}
+
+func finishedBefore(a, b finishedDelivery) bool { return compareFinished(a, b) < 0 }
+
+// latestOnTop is a heap of deliveries whose top is the latest finished.
+type latestOnTop []finishedDelivery
+
+func (h latestOnTop) Len() int           { return len(h) }
+func (h latestOnTop) Less(i, j int) bool { return finishedBefore(h[j], h[i]) }
+func (h latestOnTop) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *latestOnTop) Push(x any)        { *h = append(*h, x.(finishedDelivery)) }
+func (h *latestOnTop) Pop() any {
+	old := *h
+	d := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return d
 }
 
 // forget drops a delivery the sweeper deleted (its watch event follows).

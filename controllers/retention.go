@@ -16,8 +16,9 @@ import (
 
 // sweeper takes finished deliveries out of etcd. A finished delivery leaves when its time in
 // etcd is over (--succeeded-retention, --failed-retention: long enough for kubectl get, wait
-// and an immediate retry annotation), or at once when more than --max-finished-deliveries wait,
-// the oldest first: a time alone does not bound etcd at a high rate.
+// and an immediate retry annotation), or within a quarter of a second when more than
+// --max-finished-deliveries wait, the oldest first: a time alone does not bound etcd at a high
+// rate.
 //
 // With a history store, a delivery leaves only once the store holds it at exactly the version
 // in etcd (UID and resourceVersion): a delivery the archiver has not written (a restart, a
@@ -43,6 +44,9 @@ const (
 	sweepPageSize = 500
 	// sweepDeletes is how many deletes run at once.
 	sweepDeletes = 16
+	// overLimitGather is how long deliveries that finish above --max-finished-deliveries gather
+	// before a sweep takes them out.
+	overLimitGather = 250 * time.Millisecond
 	// pruneInterval is how often records past --history-retention are deleted.
 	pruneInterval = 10 * time.Minute
 	// pruneBatch bounds the records of one prune transaction.
@@ -85,29 +89,27 @@ func (s *sweeper) Start(ctx context.Context) error {
 			if s.opts.MaxFinishedDeliveries <= 0 || s.index.count() <= s.opts.MaxFinishedDeliveries {
 				continue // wait for the ticker: nothing is over the limit
 			}
+			// Over the limit: the deliveries that finish meanwhile gather for a moment, so that
+			// one sweep takes them together (one archive check, one MarkRemoved transaction)
+			// rather than one sweep each.
+			sleep(ctx, overLimitGather)
 		}
 	}
 }
 
-// due returns the finished deliveries that should leave etcd now, the oldest first.
+// due returns the finished deliveries that should leave etcd now, the oldest first: the oldest
+// beyond --max-finished-deliveries, and those whose time in etcd is over.
 func (s *sweeper) due() []finishedDelivery {
-	now := s.clock.Now()
-	all := s.index.oldestFirst()
-	over := len(all) - s.opts.MaxFinishedDeliveries
-	if s.opts.MaxFinishedDeliveries <= 0 {
-		over = 0
+	over := 0
+	if s.opts.MaxFinishedDeliveries > 0 {
+		over = max(s.index.count()-s.opts.MaxFinishedDeliveries, 0)
 	}
-	var due []finishedDelivery
-	for i, d := range all {
-		retention := s.opts.SucceededRetention
-		if d.phase == webhooksv1alpha1.PhaseFailed {
-			retention = s.opts.FailedRetention
+	return s.index.due(s.clock.Now(), over, func(phase webhooksv1alpha1.DeliveryPhase) time.Duration {
+		if phase == webhooksv1alpha1.PhaseFailed {
+			return s.opts.FailedRetention
 		}
-		if i < over || (retention > 0 && !now.Before(d.finishedAt.Add(retention))) {
-			due = append(due, d)
-		}
-	}
-	return due
+		return s.opts.SucceededRetention
+	})
 }
 
 // sweep deletes the due deliveries, archiving first what the store lacks, and returns how many

@@ -82,6 +82,9 @@ type Settings struct {
 	APIServerCertDir string
 	// EtcdQuotaBytes sets etcd's --quota-backend-bytes, for tests of an etcd that is full.
 	EtcdQuotaBytes int64
+	// APIServerArgs set more kube-apiserver flags, by name without the dashes, such as
+	// {"etcd-compaction-interval": "30s"} (the benchmark's soak).
+	APIServerArgs map[string]string
 }
 
 // StartWith is Start with settings.
@@ -108,6 +111,9 @@ func start(settings Settings) (*Env, error) {
 	}
 	if settings.APIServerCertDir != "" {
 		e.ControlPlane.GetAPIServer().CertDir = settings.APIServerCertDir
+	}
+	for name, value := range settings.APIServerArgs {
+		e.ControlPlane.GetAPIServer().Configure().Set(name, value)
 	}
 	if settings.EtcdQuotaBytes > 0 {
 		etcd := &envtest.Etcd{}

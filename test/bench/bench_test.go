@@ -51,7 +51,8 @@ func TestMain(m *testing.M) {
 }
 
 // Sizes, overridable for a quick run: BENCH_EVENTS=500 BENCH_MEMORY=2000,10000 make bench.
-// BENCH_ROWS=7,9 measures only those rows (and the limit).
+// BENCH_ROWS=7,9 measures only those rows (and the limit); 10 to 13 are the history store's
+// (history_bench_test.go).
 var (
 	pipelineEvents = envInt("BENCH_EVENTS", 2000)
 	inFlightCount  = envInt("BENCH_IN_FLIGHT", 500)
@@ -212,6 +213,10 @@ func TestBench(t *testing.T) {
 		tab.add("    same, next to a never-answering endpoint", fmt.Sprintf("%.0f/s, p99 %s", mixed.rate, ms(mixed.toReceiver.p(99))),
 			fmt.Sprintf("the fifth endpoint never answers (timeoutSeconds 2); every event fans out to all five in both runs; throughput change %+.1f%%; goal drop < 10%%: %s", -drop*100, met(drop < 0.10)))
 	}
+
+	// (10) to (13), the history store's rows (history_bench_test.go), before the memory rows
+	// fill etcd; the memory rows' time budget starts after them.
+	budget += historyRows(t, tab)
 
 	// (5, second half) memory with finished deliveries present.
 	if want(5) {
@@ -429,6 +434,9 @@ type pipelineRun struct {
 	rate       float64       // events per second; 0: as fast as possible
 	delay      time.Duration // how long each healthy receiver takes to answer (a slow receiver)
 	filter     string        // spec.filter of every healthy endpoint (it selects every bench event)
+
+	// operator is how the operator differs from main.go's defaults (a history store).
+	operator []operatorOption
 }
 
 type pipelineResult struct {
@@ -443,24 +451,28 @@ type pipelineResult struct {
 // them: default options, the operator's cache options, the client limits of the manager's
 // flags. The intake serves on loopback, without authentication (a TokenReview per token is
 // cached, so it would change little). It returns a client of the intake.
-func startOperator(t *testing.T, ns string) (stop func(), intakeClient *publish.Client) {
+func startOperator(t *testing.T, ns string, with ...operatorOption) (stop func(), intakeClient *publish.Client) {
 	t.Helper()
-	cfg := rest.CopyConfig(env.Config)
+	o := operatorSettings{env: env, options: controllers.DefaultOptions()}
+	for _, f := range with {
+		f(&o)
+	}
+	cfg := rest.CopyConfig(o.env.Config)
 	cfg.QPS, cfg.Burst = 2000, 4000
-	opts := env.ManagerOptions(ns)
+	opts := o.env.ManagerOptions(ns)
 	opts.Cache = controllers.CacheOptions(opts.Cache)
 	mgr, err := ctrl.NewManager(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	copts := controllers.DefaultOptions()
+	copts := o.options
 	copts.Namespaces = []string{ns} // as the manager's cache
-	op, err := controllers.Setup(ctx, mgr, copts, controllers.Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{})})
+	op, err := controllers.Setup(ctx, mgr, copts, controllers.Deps{Sender: dispatcher.NewSender(dispatcher.SenderOptions{}), Store: o.store})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(intake.NewHandler(mgr.GetClient(), mgr.GetCache(), intake.Options{AllowAnonymous: true, WorkingSet: op.WorkingSet}))
+	srv := httptest.NewServer(intake.NewHandler(mgr.GetClient(), mgr.GetCache(), intake.Options{AllowAnonymous: true, WorkingSet: op.WorkingSet, Store: o.store}))
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 256
 	intakeClient = &publish.Client{URL: srv.URL, HTTPClient: &http.Client{Transport: tr, Timeout: time.Minute}}
@@ -612,7 +624,7 @@ func runPipeline(t *testing.T, run pipelineRun) pipelineResult {
 	t.Helper()
 	ns, endpoints, rcvs := setupNamespace(t, "pipeline", run)
 	healthy := endpoints[:run.endpoints]
-	stopOperator, intakeClient := startOperator(t, ns)
+	stopOperator, intakeClient := startOperator(t, ns, run.operator...)
 	defer func() {
 		stopOperator()
 		if run.silent || run.fastFifth {
@@ -731,11 +743,17 @@ func later(a, b time.Time) time.Time {
 // GET, LIST and WATCH) and the GETs by resource, for the operator's resources and Events.
 func apiWrites(t *testing.T) map[string]float64 {
 	t.Helper()
-	hc, err := rest.HTTPClientFor(env.Config)
+	return apiWritesOf(t, env)
+}
+
+// apiWritesOf is apiWrites of the control plane e.
+func apiWritesOf(t *testing.T, e *testenv.Env) map[string]float64 {
+	t.Helper()
+	hc, err := rest.HTTPClientFor(e.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := hc.Get(strings.TrimSuffix(env.Config.Host, "/") + "/metrics")
+	resp, err := hc.Get(strings.TrimSuffix(e.Config.Host, "/") + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
