@@ -60,3 +60,41 @@ func TestSweeperDueIsTheOldestBeyondTheLimitAndThosePastTheirTime(t *testing.T) 
 		}
 	}
 }
+
+// The sweeper waits for its ticker while the finished deliveries are within
+// --max-finished-deliveries, however many finish meanwhile, and sweeps soon after one finishes
+// above it.
+func TestSweeperWaitsForItsTickerWithinTheLimit(t *testing.T) {
+	x := newFinishedIndex(nil, nil, clock.RealClock{}, nil)
+	s := &sweeper{index: x, opts: Options{MaxFinishedDeliveries: 2}}
+	tick := make(chan time.Time)
+	woke := make(chan bool, 1)
+	go func() { woke <- s.wait(t.Context(), tick) }()
+
+	x.entries[types.NamespacedName{Name: "d-1"}] = finishedEntry{}
+	x.changed <- struct{}{}
+	select {
+	case <-woke:
+		t.Fatal("a delivery that finished within the limit woke the sweeper before its ticker")
+	case <-time.After(2 * overLimitGather):
+	}
+	tick <- time.Now()
+	if !<-woke {
+		t.Fatal("wait returned false at a tick")
+	}
+
+	go func() { woke <- s.wait(t.Context(), tick) }()
+	for i := range 3 {
+		x.entries[types.NamespacedName{Name: fmt.Sprintf("over-%d", i)}] = finishedEntry{}
+	}
+	started := time.Now()
+	x.changed <- struct{}{}
+	select {
+	case ok := <-woke:
+		if !ok || time.Since(started) < overLimitGather {
+			t.Fatalf("above the limit the sweeper woke after %s (ok %v), want after gathering for %s", time.Since(started), ok, overLimitGather)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a delivery that finished above the limit did not wake the sweeper")
+	}
+}

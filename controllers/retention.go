@@ -81,18 +81,30 @@ func (s *sweeper) Start(ctx context.Context) error {
 				log.Info("deleted records past the history retention", "records", n, "retention", s.opts.HistoryRetention)
 			}
 		}
+		if !s.wait(ctx, ticker.C) {
+			return nil
+		}
+	}
+}
+
+// wait returns when the next sweep is due: at the next tick, or soon after a delivery finishes
+// above --max-finished-deliveries. It returns false when ctx ends.
+func (s *sweeper) wait(ctx context.Context, tick <-chan time.Time) bool {
+	for {
 		select {
 		case <-ctx.Done():
-			return nil
-		case <-ticker.C:
+			return false
+		case <-tick:
+			return true
 		case <-s.index.changed:
 			if s.opts.MaxFinishedDeliveries <= 0 || s.index.count() <= s.opts.MaxFinishedDeliveries {
-				continue // wait for the ticker: nothing is over the limit
+				continue // nothing is over the limit: the ticker's sweep takes what is due
 			}
 			// Over the limit: the deliveries that finish meanwhile gather for a moment, so that
 			// one sweep takes them together (one archive check, one MarkRemoved transaction)
 			// rather than one sweep each.
 			sleep(ctx, overLimitGather)
+			return ctx.Err() == nil
 		}
 	}
 }
