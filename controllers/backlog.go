@@ -70,14 +70,10 @@ func (p *promoter) Start(ctx context.Context) error {
 // promote counts the backlog and creates deliveries for the endpoints that have room; it
 // returns the counts it read.
 func (p *promoter) promote(ctx context.Context, was map[types.NamespacedName]int64) (map[types.NamespacedName]int64, error) {
-	raw, err := p.store.BacklogCounts(ctx)
+	counts, err := backlogCounts(ctx, p.store)
 	p.health.observe(ctx, err)
 	if err != nil {
 		return nil, err
-	}
-	counts := make(map[types.NamespacedName]int64, len(raw))
-	for k, n := range raw {
-		counts[types.NamespacedName{Namespace: k.Namespace, Name: k.Name}] = n
 	}
 	p.set.setBacklog(counts)
 	p.report(was, counts)
@@ -168,6 +164,53 @@ func (p *promoter) report(was, now map[types.NamespacedName]int64) {
 	for ep := range was {
 		if _, ok := now[ep]; !ok {
 			changed(ep)
+		}
+	}
+}
+
+// backlogCounts is the store's backlog, counted per endpoint.
+func backlogCounts(ctx context.Context, store history.Store) (map[types.NamespacedName]int64, error) {
+	raw, err := store.BacklogCounts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	counts := make(map[types.NamespacedName]int64, len(raw))
+	for k, n := range raw {
+		counts[types.NamespacedName{Namespace: k.Namespace, Name: k.Name}] = n
+	}
+	return counts, nil
+}
+
+// backlogCounter copies the backlog's counts into the working set of a replica that is not the
+// leader, every promoteInterval, until it becomes the leader (the promoter counts from then on).
+// Without it such a replica's intake would only ever count up: WorkingSet.Queued notes each event
+// it queues, and only the promoter, on the leader, sees the backlog drain, so once the replica had
+// queued one event of an endpoint it would send all that endpoint's later events through the
+// backlog, one create at a time, whatever room the working set had.
+type backlogCounter struct {
+	store   history.Store
+	set     *WorkingSet
+	elected <-chan struct{}
+}
+
+// NeedLeaderElection: the counter serves the intake, which runs on every replica.
+func (c *backlogCounter) NeedLeaderElection() bool { return false }
+
+// Start counts until ctx ends or this replica is elected. A store that does not answer leaves
+// the counts as they were (the store's health is reported by the components that write to it).
+func (c *backlogCounter) Start(ctx context.Context) error {
+	t := time.NewTicker(promoteInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.elected:
+			return nil
+		case <-t.C:
+		}
+		if counts, err := backlogCounts(ctx, c.store); err == nil {
+			c.set.setBacklog(counts)
 		}
 	}
 }

@@ -274,3 +274,41 @@ func TestDeliveryRecreatedFromItsRecordContinuesIt(t *testing.T) {
 	g.Expect(reqs).To(HaveLen(2))
 	g.Expect(reqs[1].Header.Get(dispatcher.HeaderAttempt)).To(Equal("2"))
 }
+
+// A replica that is not the leader follows the backlog as the store counts it: once the
+// endpoint's backlog drains (the leader promoted it), that replica's intake sends its events
+// straight to etcd again rather than through the backlog; once elected it leaves the counting
+// to the promoter.
+func TestReplicaFollowsTheBacklogUntilElected(t *testing.T) {
+	g := NewWithT(t)
+	ctx := t.Context()
+	store := historytest.SQLite(t)
+	ep := types.NamespacedName{Namespace: "team-a", Name: "crm"}
+	var items []history.BacklogItem
+	for _, id := range []string{"evt-1", "evt-2", "evt-3"} {
+		items = append(items, history.BacklogItem{Namespace: ep.Namespace, Endpoint: ep.Name, Name: webhooksv1alpha1.DeliveryName(ep.Name, id),
+			Event: webhooksv1alpha1.Event{ID: id, Type: "llm.completed"}, EnqueuedAt: time.Now()})
+	}
+	_, err := store.Enqueue(ctx, items)
+	g.Expect(err).NotTo(HaveOccurred())
+
+	set := NewWorkingSet(WorkingSetLimits{PerEndpoint: 10})
+	set.Queued(ep) // this replica's intake queued one of them
+	elected := make(chan struct{})
+	stopped := make(chan error, 1)
+	go func() { stopped <- (&backlogCounter{store: store, set: set, elected: elected}).Start(ctx) }()
+
+	g.Eventually(func() int64 { return set.Backlog(ep) }).WithTimeout(5 * time.Second).Should(Equal(int64(3)))
+	queued, err := store.NextBacklog(ctx, history.EndpointKey{Namespace: ep.Namespace, Name: ep.Name}, 10)
+	g.Expect(err).NotTo(HaveOccurred())
+	ids := make([]int64, 0, len(queued))
+	for _, it := range queued {
+		ids = append(ids, it.ID)
+	}
+	g.Expect(store.DeleteBacklog(ctx, ids)).To(Succeed()) // the leader promoted them
+	g.Eventually(func() bool { return set.HasBacklog(ep) }).WithTimeout(5*time.Second).Should(BeFalse(),
+		"the drained backlog no longer sends the endpoint's events through it")
+
+	close(elected)
+	g.Eventually(stopped).WithTimeout(5 * time.Second).Should(Receive(BeNil()))
+}

@@ -135,7 +135,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options, deps Deps) (*Ope
 	if deps.Store != nil {
 		op.StoreHealth = newStoreHealth(deps.Store, recorder, deps.Pod)
 		arch = newArchiver(deps.Store, clk, op.StoreHealth)
-		for _, r := range []manager.Runnable{op.StoreHealth, arch, &promoter{store: deps.Store, health: op.StoreHealth, set: set, client: mgr.GetClient(), wake: health.wake}} {
+		for _, r := range []manager.Runnable{op.StoreHealth, arch, &promoter{store: deps.Store, health: op.StoreHealth, set: set, client: mgr.GetClient(), wake: health.wake},
+			&backlogCounter{store: deps.Store, set: set, elected: mgr.Elected()}} {
 			if err := mgr.Add(r); err != nil {
 				return nil, err
 			}
