@@ -112,6 +112,7 @@ func runManager(args []string) error {
 	fs.DurationVar(&opts.RetentionSweepInterval, "retention-sweep-interval", opts.RetentionSweepInterval, "How often finished deliveries are looked at for leaving etcd.")
 	fs.IntVar(&opts.MaxLiveDeliveriesPerEndpoint, "max-live-deliveries-per-endpoint", opts.MaxLiveDeliveriesPerEndpoint, "Unfinished deliveries of one endpoint in etcd at most; its further events wait in the history store's backlog, in publish order. 0: no bound.")
 	fs.IntVar(&opts.MaxLiveDeliveries, "max-live-deliveries", opts.MaxLiveDeliveries, "Unfinished deliveries of all endpoints in etcd at most; further events wait in the history store's backlog. 0: no bound.")
+	fs.IntVar(&opts.MaxBacklogPerEndpoint, "max-backlog-per-endpoint", opts.MaxBacklogPerEndpoint, "Events of one endpoint waiting in the history store's backlog at most; beyond it the intake refuses them with 429 and Retry-After. 0: no bound.")
 	fs.DurationVar(&opts.HistoryRetention, "history-retention", opts.HistoryRetention, "How long a delivery's record stays in the history store after it left etcd; older records are deleted in batches. 0 keeps them.")
 	historyDSN := defaultHistoryDatabase
 	var historyDSNFile string

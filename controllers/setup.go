@@ -63,6 +63,9 @@ type Options struct {
 	// 0: no bound.
 	MaxLiveDeliveriesPerEndpoint int
 	MaxLiveDeliveries            int
+	// MaxBacklogPerEndpoint bounds the events of one endpoint waiting in the history store's
+	// backlog; beyond it the intake refuses them (429). 0: no bound (the store's disk).
+	MaxBacklogPerEndpoint int
 	// HistoryRetention is how long records stay in the history store after they left etcd.
 	HistoryRetention time.Duration
 }
@@ -83,6 +86,7 @@ func DefaultOptions() Options {
 		MaxFinishedDeliveries:        5000,
 		MaxLiveDeliveriesPerEndpoint: 1000,
 		MaxLiveDeliveries:            10000,
+		MaxBacklogPerEndpoint:        100000,
 		HistoryRetention:             30 * 24 * time.Hour,
 	}
 }
@@ -129,7 +133,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options, deps Deps) (*Ope
 		// Twice the sweeper's bound: reached only when finished deliveries cannot leave.
 		finishedLimit = 2 * opts.MaxFinishedDeliveries
 	}
-	set := NewWorkingSet(WorkingSetLimits{PerEndpoint: opts.MaxLiveDeliveriesPerEndpoint, Total: opts.MaxLiveDeliveries, Finished: finishedLimit})
+	set := NewWorkingSet(WorkingSetLimits{PerEndpoint: opts.MaxLiveDeliveriesPerEndpoint, Total: opts.MaxLiveDeliveries, Finished: finishedLimit, Backlog: opts.MaxBacklogPerEndpoint})
 	op := &Operator{WorkingSet: set}
 	var arch *archiver
 	if deps.Store != nil {

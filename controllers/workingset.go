@@ -22,6 +22,10 @@ type WorkingSetLimits struct {
 	// sweeper keeps them at --max-finished-deliveries). This is the limit at which they stop
 	// leaving, because they cannot be archived: no new delivery is created in etcd then.
 	Finished int
+	// Backlog bounds the events of one endpoint waiting in the store's backlog. The counts are
+	// the store's as last read (every second) plus what this replica queued since, so several
+	// replicas together may pass it by about a second's events.
+	Backlog int
 }
 
 // WorkingSet counts the WebhookDeliveries in etcd and says whether one more may be created.
@@ -131,6 +135,16 @@ func (w *WorkingSet) Backlog(endpoint types.NamespacedName) int64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.backlogCount[endpoint]
+}
+
+// BacklogRoom says whether one more event of endpoint may wait in the backlog, or why not.
+func (w *WorkingSet) BacklogRoom(endpoint types.NamespacedName) (ok bool, why string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if n := w.backlogCount[endpoint]; w.limits.Backlog > 0 && n >= int64(w.limits.Backlog) {
+		return false, fmt.Sprintf("the backlog of WebhookEndpoint %q holds %d events, the most allowed (--max-backlog-per-endpoint): its receiver takes them slower than they are published", endpoint.Name, n)
+	}
+	return true, ""
 }
 
 // Queued notes that an event of endpoint was added to the backlog.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -32,6 +33,7 @@ import (
 	"github.com/docrouter/webhook-operator/internal/history"
 	"github.com/docrouter/webhook-operator/internal/history/historytest"
 	"github.com/docrouter/webhook-operator/internal/intake"
+	"github.com/docrouter/webhook-operator/internal/metrics"
 	"github.com/docrouter/webhook-operator/internal/testenv"
 	"github.com/docrouter/webhook-operator/internal/testenv/testreceiver"
 )
@@ -326,4 +328,53 @@ func TestPublishWhenEtcdIsFullQueuesInTheStore(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(items).To(HaveLen(1))
 	g.Expect(items[0].Event.ID).To(Equal("evt-full-queued"))
+}
+
+// An endpoint's backlog is bounded too (--max-backlog-per-endpoint): an event beyond it is
+// refused with 429, a Retry-After and a sentence that names the endpoint and the flag, and it is
+// neither created nor queued; the endpoint's earlier events are kept, and an endpoint with room
+// still gets the same event.
+func TestPublishBeyondTheBacklogBoundIsRefusedWith429(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	store := historytest.SQLite(t)
+	ns := env.Namespace(t)
+	opts := controllers.DefaultOptions()
+	opts.MaxLiveDeliveriesPerEndpoint, opts.MaxBacklogPerEndpoint = 1, 2
+	base := startStack(t, env, ns, opts, store)
+	endpoint(t, ns, "crm", "http://127.0.0.1:1/unused", "llm.completed")
+	pause(t, ns, "crm")
+	post(t, base, ns, "", llmEvent("evt-1")).accepted(t)
+	g.Eventually(func() int { return len(deliveries(t, ns)) }).WithTimeout(10 * time.Second).Should(Equal(1))
+	for _, id := range []string{"evt-2", "evt-3"} {
+		acc := post(t, base, ns, "", llmEvent(id)).accepted(t)
+		g.Expect(acc.Deliveries[0].Queued).To(BeTrue(), id)
+	}
+
+	refusedBefore := testutil.ToFloat64(metrics.EventsRefused.WithLabelValues(metrics.RefusedBacklogFull))
+	a := post(t, base, ns, "", llmEvent("evt-4"))
+	g.Expect(a.status).To(Equal(http.StatusTooManyRequests))
+	g.Expect(a.header.Get("Retry-After")).To(Equal("5"))
+	sentence := a.errorSentence(t)
+	g.Expect(sentence).To(ContainSubstring(`the backlog of WebhookEndpoint "crm" holds 2 events, the most allowed (--max-backlog-per-endpoint)`))
+	g.Expect(testutil.ToFloat64(metrics.EventsRefused.WithLabelValues(metrics.RefusedBacklogFull)) - refusedBefore).To(Equal(1.0))
+	counts, err := store.BacklogCounts(ctx)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(counts[history.EndpointKey{Namespace: ns, Name: "crm"}]).To(Equal(int64(2)), "the refused event is not queued; the earlier ones are kept")
+	g.Expect(deliveries(t, ns)).To(HaveLen(1))
+
+	// Another endpoint subscribing to the event has room: its delivery is made, and the answer
+	// still refuses the event, so that a re-publish completes crm's once its backlog drains.
+	endpoint(t, ns, "erp", "http://127.0.0.1:1/unused", "llm.completed")
+	g.Eventually(func(g Gomega) {
+		a := post(t, base, ns, "", llmEvent("evt-5")) // again until the intake sees erp
+		g.Expect(a.status).To(Equal(http.StatusTooManyRequests))
+		var names []string
+		for _, d := range deliveries(t, ns) {
+			if d.Spec.Event.ID == "evt-5" {
+				names = append(names, d.Spec.EndpointRef.Name)
+			}
+		}
+		g.Expect(names).To(Equal([]string{"erp"}))
+	}).WithTimeout(10 * time.Second).Should(Succeed())
 }

@@ -2,6 +2,7 @@ package intake
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -125,8 +126,8 @@ func (h *Handler) fanOut(ctx context.Context, ns string, event webhooksv1alpha1.
 			failed++
 		}
 	}
-	if err := h.enqueue(ctx, ns, event, accepted, queue); err != nil {
-		return nil, h.refusal(len(accepted.Deliveries)-failed-len(queue), len(accepted.Deliveries), queue, why, etcdFull, err)
+	if refused, err := h.enqueue(ctx, ns, event, accepted, queue); err != nil {
+		return nil, h.refusal(len(accepted.Deliveries)-failed-len(refused), len(accepted.Deliveries), refused, why, etcdFull, err)
 	}
 	if first := firstError(errs); first != nil {
 		if apierrors.IsInvalid(first) {
@@ -164,12 +165,25 @@ func (h *Handler) known(ctx context.Context, ns string, deliveries []publish.Del
 }
 
 // enqueue puts the deliveries queue (indexes into accepted.Deliveries) into the store's backlog.
-func (h *Handler) enqueue(ctx context.Context, ns string, event webhooksv1alpha1.Event, accepted *publish.Accepted, queue []int) error {
+// It returns those it could not put there, and why.
+func (h *Handler) enqueue(ctx context.Context, ns string, event webhooksv1alpha1.Event, accepted *publish.Accepted, queue []int) (refused []int, err error) {
 	if len(queue) == 0 {
-		return nil
+		return nil, nil
 	}
 	if h.opts.Store == nil {
-		return errNoStore
+		return queue, errNoStore
+	}
+	var full error
+	if ws := h.opts.WorkingSet; ws != nil {
+		room := queue[:0:0]
+		for _, i := range queue {
+			if ok, why := ws.BacklogRoom(types.NamespacedName{Namespace: ns, Name: accepted.Deliveries[i].Endpoint}); !ok {
+				refused, full = append(refused, i), &backlogFullError{why: why}
+				continue
+			}
+			room = append(room, i)
+		}
+		queue = room
 	}
 	items := make([]history.BacklogItem, len(queue))
 	now := h.opts.Now()
@@ -179,7 +193,7 @@ func (h *Handler) enqueue(ctx context.Context, ns string, event webhooksv1alpha1
 	}
 	added, err := h.opts.Store.Enqueue(ctx, items)
 	if err != nil {
-		return err
+		return append(refused, queue...), err
 	}
 	for j, i := range queue {
 		if added[j] {
@@ -191,15 +205,27 @@ func (h *Handler) enqueue(ctx context.Context, ns string, event webhooksv1alpha1
 			}
 		}
 	}
-	return nil
+	if full != nil {
+		return refused, full
+	}
+	return nil, nil
 }
 
 var errNoStore = fmt.Errorf("the operator keeps no history store to hold them (--history-database is empty)")
 
+// backlogFullError refuses deliveries whose endpoint's backlog is at --max-backlog-per-endpoint.
+type backlogFullError struct{ why string }
+
+func (e *backlogFullError) Error() string { return e.why }
+
 // refusal is the answer when deliveries could go neither into etcd nor into the store.
 func (h *Handler) refusal(taken, total int, queue []int, why []string, etcdFull []bool, storeErr error) *requestError {
 	status, retryAfter, reason := http.StatusTooManyRequests, retryAfterFull, metrics.RefusedWorkingSetFull
-	if storeErr != errNoStore {
+	var full *backlogFullError
+	switch {
+	case errors.As(storeErr, &full):
+		reason = metrics.RefusedBacklogFull
+	case storeErr != errNoStore:
 		reason = metrics.RefusedStoreUnavailable
 	}
 	var reasons []string
@@ -215,7 +241,7 @@ func (h *Handler) refusal(taken, total int, queue []int, why []string, etcdFull 
 	}
 	metrics.EventsRefused.WithLabelValues(reason).Inc()
 	store := "the history store cannot take them either (" + storeErr.Error() + ")"
-	if storeErr == errNoStore {
+	if storeErr == errNoStore || full != nil {
 		store = storeErr.Error()
 	}
 	return &requestError{status: status, retryAfter: retryAfter, cause: storeErr,

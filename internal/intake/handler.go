@@ -86,6 +86,8 @@ type WorkingSet interface {
 	HasBacklog(endpoint types.NamespacedName) bool
 	// Queued notes an event of the endpoint added to the backlog.
 	Queued(endpoint types.NamespacedName)
+	// BacklogRoom says whether one more event of the endpoint may wait in the backlog, or why not.
+	BacklogRoom(endpoint types.NamespacedName) (ok bool, why string)
 }
 
 // Handler serves the intake's routes.

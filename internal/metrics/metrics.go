@@ -194,6 +194,7 @@ const (
 	RefusedWorkingSetFull   = "working_set_full"
 	RefusedEtcdFull         = "etcd_full"
 	RefusedStoreUnavailable = "store_unavailable"
+	RefusedBacklogFull      = "backlog_full"
 )
 
 func init() {
