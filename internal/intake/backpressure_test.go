@@ -342,8 +342,8 @@ func TestPublishBeyondTheBacklogBoundIsRefusedWith429(t *testing.T) {
 	opts := controllers.DefaultOptions()
 	opts.MaxLiveDeliveriesPerEndpoint, opts.MaxBacklogPerEndpoint = 1, 2
 	base := startStack(t, env, ns, opts, store)
-	endpoint(t, ns, "crm", "http://127.0.0.1:1/unused", "llm.completed")
-	pause(t, ns, "crm")
+	endpoint(t, ns, "billing", "http://127.0.0.1:1/unused", "llm.completed")
+	pause(t, ns, "billing")
 	post(t, base, ns, "", llmEvent("evt-1")).accepted(t)
 	g.Eventually(func() int { return len(deliveries(t, ns)) }).WithTimeout(10 * time.Second).Should(Equal(1))
 	for _, id := range []string{"evt-2", "evt-3"} {
@@ -356,15 +356,15 @@ func TestPublishBeyondTheBacklogBoundIsRefusedWith429(t *testing.T) {
 	g.Expect(a.status).To(Equal(http.StatusTooManyRequests))
 	g.Expect(a.header.Get("Retry-After")).To(Equal("5"))
 	sentence := a.errorSentence(t)
-	g.Expect(sentence).To(ContainSubstring(`the backlog of WebhookEndpoint "crm" holds 2 events, the most allowed (--max-backlog-per-endpoint)`))
+	g.Expect(sentence).To(ContainSubstring(`the backlog of WebhookEndpoint "billing" holds 2 events, the most allowed (--max-backlog-per-endpoint)`))
 	g.Expect(testutil.ToFloat64(metrics.EventsRefused.WithLabelValues(metrics.RefusedBacklogFull)) - refusedBefore).To(Equal(1.0))
 	counts, err := store.BacklogCounts(ctx)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(counts[history.EndpointKey{Namespace: ns, Name: "crm"}]).To(Equal(int64(2)), "the refused event is not queued; the earlier ones are kept")
+	g.Expect(counts[history.EndpointKey{Namespace: ns, Name: "billing"}]).To(Equal(int64(2)), "the refused event is not queued; the earlier ones are kept")
 	g.Expect(deliveries(t, ns)).To(HaveLen(1))
 
 	// Another endpoint subscribing to the event has room: its delivery is made, and the answer
-	// still refuses the event, so that a re-publish completes crm's once its backlog drains.
+	// still refuses the event, so that a re-publish completes billing's once its backlog drains.
 	endpoint(t, ns, "erp", "http://127.0.0.1:1/unused", "llm.completed")
 	g.Eventually(func(g Gomega) {
 		a := post(t, base, ns, "", llmEvent("evt-5")) // again until the intake sees erp
