@@ -66,6 +66,7 @@ type Event struct {
 	// +kubebuilder:pruning:PreserveUnknownFields
 	// +kubebuilder:validation:Type=object
 	// +kubebuilder:validation:Schemaless
+	// +mapType=atomic
 	Data *apiextensionsv1.JSON `json:"data,omitempty"`
 }
 
@@ -93,6 +94,7 @@ type Document struct {
 	// +kubebuilder:pruning:PreserveUnknownFields
 	// +kubebuilder:validation:Type=object
 	// +kubebuilder:validation:Schemaless
+	// +mapType=atomic
 	Metadata *apiextensionsv1.JSON `json:"metadata,omitempty"`
 }
 
