@@ -65,6 +65,11 @@ var (
 	// soakProfile, when set, is a file for a CPU profile of the benchmark's process (the
 	// operator, the intake, the store, the publishers and the receiver) during the soak.
 	soakProfile = os.Getenv("BENCH_SOAK_CPUPROFILE")
+	// soakHeapProfiles, when set, is a directory for a heap profile of the soak's kube-apiserver
+	// (/debug/pprof/heap, after a collection) at each checkpoint by deliveries archived, named
+	// archived-<n>.pb.gz: `go tool pprof -base archived-10000.pb.gz archived-25000.pb.gz` says
+	// what grew.
+	soakHeapProfiles = os.Getenv("BENCH_SOAK_HEAPPROFILES")
 	// pipelineProfiles, when set, is a directory for a CPU profile of each run of the
 	// throughput rows (none-1, sqlite, none-2, postgres, none-3).
 	pipelineProfiles = os.Getenv("BENCH_PIPELINE_CPUPROFILES")
@@ -1036,6 +1041,9 @@ func soakRows(t *testing.T, tab *table) {
 				s = sample(true)
 				for next < len(marks) && s.archived >= marks[next] {
 					byArchived[next] = s
+					if soakHeapProfiles != "" {
+						apiserverHeapProfile(t, e, filepath.Join(soakHeapProfiles, fmt.Sprintf("archived-%d.pb.gz", marks[next])))
+					}
 					next++
 				}
 			}
@@ -1319,6 +1327,29 @@ func apiserverFigures(t *testing.T, e *testenv.Env) (heap, watchCache float64) {
 		}
 	}
 	return heap, watchCache
+}
+
+// apiserverHeapProfile writes kube-apiserver's heap profile, taken after a collection, to path.
+func apiserverHeapProfile(t *testing.T, e *testenv.Env, path string) {
+	t.Helper()
+	hc, err := rest.HTTPClientFor(e.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := hc.Get(strings.TrimSuffix(e.Config.Host, "/") + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		progress("soak: kube-apiserver heap profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		progress("soak: kube-apiserver heap profile: %v", err)
+	}
 }
 
 func firstErrNote(v *atomic.Value) string {
