@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"sort"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -18,11 +19,11 @@ import (
 )
 
 // promoter turns the history store's backlog into WebhookDeliveries as the working set has
-// room: per endpoint, oldest first, one create after the other, so that an endpoint's events
-// become deliveries in the order they were published. It counts the backlog for the working
-// set (so that new events of an endpoint with a backlog queue behind it), for the endpoints'
-// status.backlog and for the metrics. It runs on the leader; the intake on every replica adds
-// to the backlog.
+// room: per endpoint, oldest first, in chunks of creates in flight at once, so that an
+// endpoint's events become deliveries in the order they were published, chunk by chunk. It
+// counts the backlog for the working set (so that new events of an endpoint with a backlog
+// queue behind it), for the endpoints' status.backlog and for the metrics. It runs on the
+// leader; the intake on every replica adds to the backlog.
 type promoter struct {
 	store  history.Store
 	health *storeHealth
@@ -39,6 +40,8 @@ const (
 	promoteBatch = 500
 	// promoteEndpoints is how many endpoints' backlogs are promoted at once.
 	promoteEndpoints = 8
+	// promoteChunk is how many creates of one endpoint are in flight at once.
+	promoteChunk = 16
 )
 
 // NeedLeaderElection: the leader creates deliveries from the backlog.
@@ -94,7 +97,11 @@ func (p *promoter) promote(ctx context.Context, was map[types.NamespacedName]int
 }
 
 // promoteEndpoint creates deliveries from the oldest items of one endpoint's backlog while the
-// working set has room for them, then removes the items it created.
+// working set has room for them, then removes the items it created. The creates of a chunk of
+// promoteChunk items are in flight at once, and the next chunk starts once all of them are
+// answered: an endpoint's deliveries are created in publish order chunk by chunk, and within a
+// chunk in the order the API server answers. (One create after the other, a round trip each,
+// drained one endpoint's backlog at 65 to 80 deliveries/s in the soak, half the pipeline's rate.)
 func (p *promoter) promoteEndpoint(ctx context.Context, ep types.NamespacedName) error {
 	room := p.set.Room(ep)
 	if room <= 0 {
@@ -107,21 +114,38 @@ func (p *promoter) promoteEndpoint(ctx context.Context, ep types.NamespacedName)
 	}
 	var done []int64
 	var createErr error
-	for _, item := range items {
-		key := types.NamespacedName{Namespace: item.Namespace, Name: item.Name}
-		if ok, _ := p.set.Admit(ep, key); !ok {
-			break
+	for len(items) > 0 && createErr == nil {
+		chunk := items[:min(len(items), promoteChunk)]
+		items = items[len(chunk):]
+		admitted := 0
+		for _, item := range chunk {
+			if ok, _ := p.set.Admit(ep, types.NamespacedName{Namespace: item.Namespace, Name: item.Name}); !ok {
+				break
+			}
+			admitted++
 		}
-		d := webhooksv1alpha1.NewDelivery(item.Namespace, item.Endpoint, item.Event)
-		err := p.client.Create(ctx, d)
-		if err != nil {
-			p.set.Release(key)
+		if admitted < len(chunk) {
+			chunk, items = chunk[:admitted], nil // the working set is full: the rest waits
 		}
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			createErr = err // an API failure, or etcd out of space: the item stays, in order
-			break
+		errs := make([]error, len(chunk))
+		var wg sync.WaitGroup
+		for i, item := range chunk {
+			wg.Go(func() {
+				errs[i] = p.client.Create(ctx, webhooksv1alpha1.NewDelivery(item.Namespace, item.Endpoint, item.Event))
+				if errs[i] != nil {
+					p.set.Release(types.NamespacedName{Namespace: item.Namespace, Name: item.Name})
+				}
+			})
 		}
-		done = append(done, item.ID)
+		wg.Wait()
+		for i, item := range chunk {
+			switch err := errs[i]; {
+			case err == nil || apierrors.IsAlreadyExists(err):
+				done = append(done, item.ID)
+			case createErr == nil:
+				createErr = err // an API failure, or etcd out of space: the item stays for the next round
+			}
+		}
 	}
 	if len(done) > 0 {
 		err := p.store.DeleteBacklog(ctx, done)
