@@ -10,6 +10,7 @@ const MaxAttemptHistory = 20
 
 // WebhookDeliverySpec is one event for one endpoint. It is a record: immutable once created.
 // +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec of a WebhookDelivery is immutable: it records one event; publish a new event instead"
+// +structType=atomic
 type WebhookDeliverySpec struct {
 	// endpointRef names the WebhookEndpoint, in this namespace, that receives the event.
 	// +required
@@ -169,6 +170,7 @@ type Attempt struct {
 
 // WebhookDeliveryStatus is the delivery's progress. Backoff lives here, not in a work queue, so
 // a restarted operator resumes the schedule instead of firing every retry at once.
+// +structType=atomic
 type WebhookDeliveryStatus struct {
 	// observedGeneration is the generation the status describes.
 	// +optional
