@@ -97,7 +97,7 @@ func runManager(args []string) error {
 	fs.DurationVar(&leaseDuration, "leader-elect-lease-duration", 15*time.Second, "How long a Lease holds without renewal before another replica may take over.")
 	fs.DurationVar(&renewDeadline, "leader-elect-renew-deadline", 10*time.Second, "How long the leader retries renewing its Lease before it gives up leading (and exits).")
 	fs.DurationVar(&retryPeriod, "leader-elect-retry-period", 2*time.Second, "How often replicas try to acquire or renew the Lease.")
-	fs.Float64Var(&qps, "kube-api-qps", 2000, "Requests per second to the API server (client-side limit). Every delivery costs about two writes.")
+	fs.Float64Var(&qps, "kube-api-qps", 2000, "Requests per second to the API server (client-side limit). A first-try delivery costs three writes (create, status, delete), and kube-apiserver's memory for deliveries follows their rate (docs/operations.md, sizing).")
 	fs.IntVar(&burst, "kube-api-burst", 4000, "Burst of requests to the API server above kube-api-qps.")
 	fs.IntVar(&opts.Workers, "workers", opts.Workers, "Deliveries reconciled at once, and attempts writing their status at once (attempts to slow receivers end in waves; this keeps their writes to the API server bounded). An attempt waiting for its receiver holds neither: --max-in-flight bounds those.")
 	fs.IntVar(&opts.MaxInFlight, "max-in-flight", opts.MaxInFlight, "Attempts in flight at most, to all endpoints together (each holds a goroutine and its request and response buffers until the receiver answers or times out). 0: no limit.")
