@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	webhooksv1alpha1 "github.com/docrouter/webhook-operator/api/v1alpha1"
 	"github.com/docrouter/webhook-operator/dispatcher"
@@ -310,5 +312,52 @@ func TestReplicaFollowsTheBacklogUntilElected(t *testing.T) {
 		"the drained backlog no longer sends the endpoint's events through it")
 
 	close(elected)
+	g.Eventually(stopped).WithTimeout(5 * time.Second).Should(Receive(BeNil()))
+}
+
+// countingCounts counts the store's BacklogCounts calls.
+type countingCounts struct {
+	history.Store
+	n atomic.Int64
+}
+
+func (c *countingCounts) BacklogCounts(ctx context.Context) (map[history.EndpointKey]int64, error) {
+	c.n.Add(1)
+	return c.Store.BacklogCounts(ctx)
+}
+
+// Room that frees wakes the promoter only while there is a backlog: without one it counts the
+// backlog on its ticker alone, not once per delivery that leaves the working set; with one,
+// every freed room is looked at.
+func TestPromoterWakesOnFreedRoomOnlyForABacklog(t *testing.T) {
+	g := NewWithT(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	store := &countingCounts{Store: historytest.SQLite(t)}
+	ep := types.NamespacedName{Namespace: "team-a", Name: "crm"}
+	set := NewWorkingSet(WorkingSetLimits{PerEndpoint: 1})
+	// The endpoint's one place is taken, so a backlog stays where it is (nothing to create).
+	ok, _ := set.Admit(ep, types.NamespacedName{Namespace: ep.Namespace, Name: "crm-evt-0"})
+	g.Expect(ok).To(BeTrue())
+	wake := make(chan event.TypedGenericEvent[*webhooksv1alpha1.WebhookEndpoint], 16)
+	stopped := make(chan error, 1)
+	go func() { stopped <- (&promoter{store: store, set: set, wake: wake}).Start(ctx) }()
+
+	free := func() int64 {
+		before := store.n.Load()
+		for range 100 {
+			set.signalFreed()
+			time.Sleep(5 * time.Millisecond)
+		}
+		return store.n.Load() - before
+	}
+	g.Expect(free()).To(BeNumerically("<=", 2), "100 freed rooms in 0.5 s without a backlog: the ticker's counts only")
+
+	_, err := store.Enqueue(ctx, []history.BacklogItem{{Namespace: ep.Namespace, Endpoint: ep.Name, Name: webhooksv1alpha1.DeliveryName(ep.Name, "evt-1"),
+		Event: webhooksv1alpha1.Event{ID: "evt-1", Type: "llm.completed"}, EnqueuedAt: time.Now()}})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Eventually(func() int64 { return set.Backlog(ep) }).WithTimeout(3 * time.Second).Should(Equal(int64(1)))
+	g.Expect(free()).To(BeNumerically(">=", 20), "with a backlog, freed room is looked at")
+
+	cancel()
 	g.Eventually(stopped).WithTimeout(5 * time.Second).Should(Receive(BeNil()))
 }
