@@ -218,7 +218,7 @@ func backlogCounts(ctx context.Context, store history.Store) (map[types.Namespac
 // Without it such a replica's intake would only ever count up: WorkingSet.Queued notes each event
 // it queues, and only the promoter, on the leader, sees the backlog drain, so once the replica had
 // queued one event of an endpoint it would send all that endpoint's later events through the
-// backlog, one create at a time, whatever room the working set had.
+// backlog, whatever room the working set had.
 type backlogCounter struct {
 	store   history.Store
 	set     *WorkingSet

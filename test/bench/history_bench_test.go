@@ -194,7 +194,7 @@ func throughputRows(t *testing.T, tab *table, pg *historytest.Server) {
 	// The working set's limits are off in all five runs: at full rate the intake creates
 	// deliveries faster than they are delivered, and past 1,000 unfinished ones an operator
 	// without a store refuses (429) while one with a store queues them in its backlog, which
-	// drains one create at a time (the soak measures that regime). With the limits off, the runs
+	// the promoter drains (the soak measures that regime). With the limits off, the runs
 	// differ by what the store costs each delivery: the intake's Known, the archiver's batches,
 	// the sweeper's checks.
 	run := func(name string, with ...operatorOption) pipelineResult {
