@@ -99,10 +99,10 @@ func TestDeliveryManagedFieldsNameSpecAndStatusWhole(t *testing.T) {
 	for _, mf := range got.ManagedFields {
 		g.Expect(mf.FieldsV1).NotTo(BeNil())
 		var fields map[string]any
-		g.Expect(json.Unmarshal(mf.FieldsV1.Raw, &fields)).To(Succeed())
+		g.Expect(json.Unmarshal(mf.FieldsV1.GetRawBytes(), &fields)).To(Succeed())
 		for _, part := range []string{"f:spec", "f:status"} {
 			if sub, ok := fields[part]; ok {
-				g.Expect(sub).To(BeEmpty(), "%s of %s (%s) lists fields one by one: %s", part, mf.Manager, mf.Subresource, mf.FieldsV1.Raw)
+				g.Expect(sub).To(BeEmpty(), "%s of %s (%s) lists fields one by one: %s", part, mf.Manager, mf.Subresource, mf.FieldsV1.GetRawString())
 				owned[part] = mf.Manager
 			}
 		}
