@@ -34,6 +34,9 @@ type attemptRunner struct {
 	// away meanwhile.
 	inFlight map[types.NamespacedName]bool
 	wg       sync.WaitGroup
+	// stopping is set once the manager stops: no attempt starts after it, so that no wg.Add
+	// races the wg.Wait of Start (an attempt started then would not be waited for).
+	stopping bool
 	// writes bounds the attempts that write their status at once. Attempts to slow receivers
 	// start in waves and end in waves: hundreds of status writes at once would put the API
 	// server far past the concurrency it serves best (make bench, row 1: its rate falls as
@@ -90,6 +93,9 @@ func (a *attemptRunner) Start(ctx context.Context) error {
 	a.base = context.WithoutCancel(ctx)
 	a.mu.Unlock()
 	<-ctx.Done()
+	a.mu.Lock()
+	a.stopping = true
+	a.mu.Unlock()
 	if !a.waitIdle(drainTimeout) {
 		ctrl.LoggerFrom(ctx).Info("stopping with attempts still under way; their deliveries are attempted again by the next leader")
 	}
@@ -122,13 +128,18 @@ func (a *attemptRunner) busy(key types.NamespacedName) bool {
 
 // run makes attempt in a goroutine of its own, with a context that outlives the reconcile.
 // attempt returns when to reconcile the delivery next: after (>= 0), or with the queue's
-// failure backoff when failed is true.
-func (a *attemptRunner) run(key types.NamespacedName, attempt func(ctx context.Context) (after time.Duration, failed bool)) {
+// failure backoff when failed is true. It reports false, and runs nothing, once the manager
+// stops: the delivery is left as it is for the next leader.
+func (a *attemptRunner) run(key types.NamespacedName, attempt func(ctx context.Context) (after time.Duration, failed bool)) bool {
 	a.mu.Lock()
+	if a.stopping {
+		a.mu.Unlock()
+		return false
+	}
 	a.inFlight[key] = false
 	base := a.base
-	a.mu.Unlock()
 	a.wg.Add(1)
+	a.mu.Unlock()
 	go func() {
 		defer a.wg.Done()
 		after, failed := attempt(base)
@@ -141,6 +152,7 @@ func (a *attemptRunner) run(key types.NamespacedName, attempt func(ctx context.C
 			a.enqueue(key, after, failed)
 		}
 	}()
+	return true
 }
 
 // wake reconciles a delivery as soon as a worker is free.

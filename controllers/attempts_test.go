@@ -114,3 +114,39 @@ func TestAttemptRunnerBoundsConcurrentStatusWrites(t *testing.T) {
 	}
 	close(block)
 }
+
+// Once the manager stops, no attempt starts (the delivery is left to the next leader), and
+// Start waits for the attempts already under way. Before, an attempt could start while Start
+// waited: it was not waited for, and its WaitGroup.Add raced the Wait (the race detector
+// caught it in the intake's tests).
+func TestAttemptRunnerStartsNoAttemptOnceStopping(t *testing.T) {
+	a := newAttemptRunner(1, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { _ = a.Start(ctx); close(stopped) }()
+	release := make(chan struct{})
+	under := types.NamespacedName{Namespace: "ns", Name: "under-way"}
+	if !a.run(under, func(context.Context) (time.Duration, bool) { <-release; return 0, false }) {
+		t.Fatal("run refused an attempt before the manager stopped")
+	}
+	cancel()
+	late := types.NamespacedName{Namespace: "ns", Name: "late"}
+	deadline := time.Now().Add(5 * time.Second)
+	for a.run(late, func(context.Context) (time.Duration, bool) { return 0, false }) {
+		if time.Now().After(deadline) {
+			t.Fatal("run still starts attempts 5 s after the manager stopped")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case <-stopped:
+		t.Fatal("Start returned while an attempt was under way")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Start did not return once the attempt under way ended")
+	}
+}

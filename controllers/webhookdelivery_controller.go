@@ -125,10 +125,12 @@ func (r *WebhookDeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{RequeueAfter: ep.Spec.GetTimeout() + time.Second}, nil
 	}
 	turn := r.rates.started(key)
-	r.attempts.run(key, func(ctx context.Context) (time.Duration, bool) {
+	if !r.attempts.run(key, func(ctx context.Context) (time.Duration, bool) {
 		defer r.limiter.release(epKey)
 		return r.attempt(ctx, base, d, ep, creds, attemptCause{manual: manual, token: token, turn: turn})
-	})
+	}) {
+		r.limiter.release(epKey) // the manager stops: the next leader attempts it
+	}
 	return ctrl.Result{}, nil
 }
 
