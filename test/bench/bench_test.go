@@ -746,14 +746,20 @@ func apiWrites(t *testing.T) map[string]float64 {
 	return apiWritesOf(t, env)
 }
 
-// apiWritesOf is apiWrites of the control plane e.
-func apiWritesOf(t *testing.T, e *testenv.Env) map[string]float64 {
+// apiserverGet GETs path of the control plane e's kube-apiserver with its admin credentials.
+func apiserverGet(t *testing.T, e *testenv.Env, path string) (*http.Response, error) {
 	t.Helper()
 	hc, err := rest.HTTPClientFor(e.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := hc.Get(strings.TrimSuffix(e.Config.Host, "/") + "/metrics")
+	return hc.Get(strings.TrimSuffix(e.Config.Host, "/") + path)
+}
+
+// apiWritesOf is apiWrites of the control plane e.
+func apiWritesOf(t *testing.T, e *testenv.Env) map[string]float64 {
+	t.Helper()
+	resp, err := apiserverGet(t, e, "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,7 +36,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
@@ -1305,11 +1304,7 @@ func checkpointRows(tab *table, by string, marks []int, checkpoints []etcdStats)
 // WebhookDeliveries from its /metrics.
 func apiserverFigures(t *testing.T, e *testenv.Env) (heap, watchCache float64) {
 	t.Helper()
-	hc, err := rest.HTTPClientFor(e.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := hc.Get(strings.TrimSuffix(e.Config.Host, "/") + "/metrics")
+	resp, err := apiserverGet(t, e, "/metrics")
 	if err != nil {
 		return 0, 0
 	}
@@ -1332,11 +1327,7 @@ func apiserverFigures(t *testing.T, e *testenv.Env) (heap, watchCache float64) {
 // apiserverHeapProfile writes kube-apiserver's heap profile, taken after a collection, to path.
 func apiserverHeapProfile(t *testing.T, e *testenv.Env, path string) {
 	t.Helper()
-	hc, err := rest.HTTPClientFor(e.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := hc.Get(strings.TrimSuffix(e.Config.Host, "/") + "/debug/pprof/heap?gc=1")
+	resp, err := apiserverGet(t, e, "/debug/pprof/heap?gc=1")
 	if err != nil {
 		progress("soak: kube-apiserver heap profile: %v", err)
 		return
