@@ -1205,6 +1205,25 @@ func soakRows(t *testing.T, tab *table) {
 		tab.add("(13) soak: flat, by events "+w.by, fmt.Sprintf("keys %.2fx, in use %.2fx, RSS %.2fx", w.worst[0], w.worst[1], w.worst[2]),
 			fmt.Sprintf("the largest of the later checkpoints over the first (%d %s); goal each <= 1.3x: %s", marks[0], w.by, met(flat)))
 	}
+	// kube-apiserver's memory follows the rate of deliveries, not their number: its watch cache
+	// keeps at least the last 75 s of events (a ring of 100 x 2^k, doubled while they do not
+	// fit), one copy of a delivery per create, status write and delete.
+	half := byArchived[2:]
+	lo, hi := int64(0), int64(0)
+	for _, c := range half {
+		if c.at.IsZero() {
+			continue
+		}
+		if lo == 0 || c.apiserverRSS < lo {
+			lo = c.apiserverRSS
+		}
+		hi = max(hi, c.apiserverRSS)
+	}
+	if rate > 0 && lo > 0 {
+		tab.add("(13) soak: kube-apiserver RSS by rate", fmt.Sprintf("%.1f MiB per delivery/s", float64(drained.apiserverRSS-start.apiserverRSS)/(1<<20)/rate),
+			fmt.Sprintf("(RSS once every delivery was archived - RSS before the first event) / %.0f deliveries/s; watch cache capacity %.0f for 3 x 75 s x %.0f/s = %.0f events; from the %dth archived on, RSS within %.2fx (%s to %s); over the %dth: %.2fx",
+				rate, drained.watchCache, rate, 3*75*rate, marks[2], float64(hi)/float64(lo), mib(lo), mib(hi), marks[0], worstArchived[2]))
+	}
 	nospaceOK := len(alarms) == 0 && alarmErr == nil && writeErr == nil && nospace.Load() == 0
 	tab.add("(13) soak: etcd never out of space", fmt.Sprintf("alarms %v", alarms),
 		fmt.Sprintf("etcd's alarm list at the end%s; a ConfigMap create after the soak: %s; publishes refused for space: %d; goal no NOSPACE: %s",
