@@ -98,10 +98,13 @@ func ParseCert(certPEM []byte) (*x509.Certificate, error) {
 // Leaf describes a certificate to issue.
 type Leaf struct {
 	CommonName string
+	// Organization is the groups of a client certificate's user, as kube-apiserver reads them.
+	Organization []string
 	// DNSNames and IPs are the names of a serving certificate.
 	DNSNames []string
 	IPs      []net.IP
-	// Client makes a client certificate; else a serving one.
+	// Client makes a client certificate, which serves too when it has DNSNames or IPs (a
+	// kubelet's, say); else a serving one.
 	Client   bool
 	Validity time.Duration
 }
@@ -120,19 +123,22 @@ func (ca *CA) Issue(leaf Leaf, now time.Time) (certPEM, keyPEM []byte, err error
 	if notAfter.After(ca.Cert.NotAfter) {
 		notAfter = ca.Cert.NotAfter
 	}
-	usage := x509.ExtKeyUsageServerAuth
+	usage := []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 	if leaf.Client {
-		usage = x509.ExtKeyUsageClientAuth
+		usage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		if len(leaf.DNSNames) > 0 || len(leaf.IPs) > 0 {
+			usage = append(usage, x509.ExtKeyUsageServerAuth)
+		}
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: leaf.CommonName},
+		Subject:      pkix.Name{CommonName: leaf.CommonName, Organization: leaf.Organization},
 		DNSNames:     leaf.DNSNames,
 		IPAddresses:  leaf.IPs,
 		NotBefore:    now.Add(-time.Minute),
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+		ExtKeyUsage:  usage,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
 	if err != nil {

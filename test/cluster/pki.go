@@ -7,99 +7,55 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/docrouter/webhook-operator/internal/pki"
 )
 
 // authority is a CA that signs the cluster's certificates: the API server's and kubelet's
-// serving certificates and every component's client certificate, as kubeadm makes them.
+// serving certificates and every component's client certificate, as kubeadm makes them. It is
+// the operator's internal/pki, writing each certificate and key to dir.
 type authority struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	dir  string
+	ca  *pki.CA
+	dir string
 }
+
+// validity is how long the cluster's certificates last: longer than any run.
+const validity = 24 * time.Hour
 
 func newAuthority(dir, name string) (*authority, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := pki.NewCA(name, time.Now(), validity)
 	if err != nil {
 		return nil, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	a := &authority{cert: cert, key: key, dir: dir}
-	return a, a.write(name, der, key)
-}
-
-func serial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		panic(err)
-	}
-	return n
+	a := &authority{ca: ca, dir: dir}
+	return a, a.write(name, ca.CertPEM, ca.KeyPEM)
 }
 
 // certPath and keyPath are where issue and newAuthority write a certificate and its key.
 func (a *authority) certPath(name string) string { return filepath.Join(a.dir, name+".crt") }
 func (a *authority) keyPath(name string) string  { return filepath.Join(a.dir, name+".key") }
 
-func (a *authority) write(name string, der []byte, key *ecdsa.PrivateKey) error {
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
+func (a *authority) write(name string, certPEM, keyPEM []byte) error {
+	if err := os.WriteFile(a.certPath(name), certPEM, 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(a.certPath(name), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return err
-	}
-	return os.WriteFile(a.keyPath(name), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return os.WriteFile(a.keyPath(name), keyPEM, 0o600)
 }
 
 // issue writes name.crt and name.key: a client certificate for user cn in groups orgs, and a
 // serving certificate too when ips or dnsNames are given.
 func (a *authority) issue(name, cn string, orgs []string, ips []net.IP, dnsNames []string) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certPEM, keyPEM, err := a.ca.Issue(pki.Leaf{CommonName: cn, Organization: orgs, IPs: ips, DNSNames: dnsNames, Client: true, Validity: validity}, time.Now())
 	if err != nil {
 		return err
 	}
-	usage := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	if len(ips) > 0 || len(dnsNames) > 0 {
-		usage = append(usage, x509.ExtKeyUsageServerAuth)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: cn, Organization: orgs},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  usage,
-		IPAddresses:  ips,
-		DNSNames:     dnsNames,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, &key.PublicKey, a.key)
-	if err != nil {
-		return err
-	}
-	return a.write(name, der, key)
+	return a.write(name, certPEM, keyPEM)
 }
 
 // kubeconfig writes name.kubeconfig for the client certificate name, against server.
